@@ -1,0 +1,105 @@
+"""The FC-LSTM captioner: self-critical.pytorch `NewFCModel` in Flax.
+
+Wiring (DESIGN.md, REFERENCE.md 1.2-1.3): the 2048-d image feature goes through `fc_embed`
+(Linear 2048 -> 512) and is pushed through the cell once before BOS, its output dropped; then
+word embeddings (index 0 is BOS, EOS and PAD at once) drive the cell; the cell's output goes
+through dropout (p = 0.5, training only) and `logit` (Linear 512 -> V+1), then log-softmax.
+
+The cell (`LSTMCore`) is the 5-chunk maxout LSTM: s = i2h(x) + h2h(h), both with bias;
+i, f, o = sigmoid of chunks 1-3; g = max(chunk 4, chunk 5) with no tanh; c = f*c + i*g;
+h = o*tanh(c). Only the output is dropped out; the state keeps the undropped h.
+
+Dropout is applied by `output_dropout` with an explicit key per time step, so that a sampling
+pass and a teacher-forced pass over the same sequence can share the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+State = tuple[jax.Array, jax.Array]  # (h, c), each [batch, rnn_size]
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+  """Sizes of the FC captioner (the paper's: 9,488 logits, 512 everywhere, dropout 0.5)."""
+  vocab_size: int = 9488  # logits, id 0 included
+  fc_dim: int = 2048
+  embed_size: int = 512
+  rnn_size: int = 512
+  dropout: float = 0.5
+  dtype: str = "float32"
+
+
+class LSTMCore(nn.Module):
+  """The maxout LSTM cell of self-critical.pytorch (`LSTMCore` in FCModel.py)."""
+  rnn_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, state: State) -> State:
+    """x: [batch, input] -> new (h, c), each [batch, rnn_size]."""
+    h, c = state
+    size = self.rnn_size
+    sums = (nn.Dense(5 * size, dtype=self.dtype, name="i2h")(x)
+            + nn.Dense(5 * size, dtype=self.dtype, name="h2h")(h))
+    gates = jax.nn.sigmoid(sums[:, :3 * size])
+    in_gate, forget_gate, out_gate = jnp.split(gates, 3, axis=-1)
+    cell_input = jnp.maximum(sums[:, 3 * size:4 * size], sums[:, 4 * size:])
+    c = forget_gate * c + in_gate * cell_input
+    h = out_gate * jnp.tanh(c)
+    return h, c
+
+
+class FCCaptioner(nn.Module):
+  """NewFCModel. Use `init_state` once per image, then `step` once per token."""
+  config: CaptionerConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    self.fc_embed = nn.Dense(cfg.embed_size, dtype=dtype)
+    self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, dtype=dtype)
+    self.core = LSTMCore(cfg.rnn_size, dtype=dtype)
+    self.logit = nn.Dense(cfg.vocab_size, dtype=dtype)
+
+  def init_state(self, fc_feats: jax.Array) -> State:
+    """fc_feats: [batch, fc_dim] -> the state after the image step ("step -1")."""
+    batch = fc_feats.shape[0]
+    zeros = jnp.zeros((batch, self.config.rnn_size), jnp.float32)
+    h, c = self.core(self.fc_embed(fc_feats), (zeros, zeros))
+    return h.astype(jnp.float32), c.astype(jnp.float32)
+
+  def cell(self, tokens: jax.Array, state: State) -> State:
+    """tokens: [batch] int32 -> new state (undropped)."""
+    h, c = self.core(self.embed(tokens), state)
+    return h.astype(jnp.float32), c.astype(jnp.float32)
+
+  def logprobs(self, outputs: jax.Array) -> jax.Array:
+    """outputs: [..., rnn_size] (already dropped out) -> [..., vocab_size] float32 log-probs."""
+    return jax.nn.log_softmax(self.logit(outputs).astype(jnp.float32), axis=-1)
+
+  def __call__(self, fc_feats: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Used only to create all parameters: fc_feats [B, fc_dim], tokens [B] -> log-probs."""
+    state = self.init_state(fc_feats)
+    h, _ = self.cell(tokens, state)
+    return self.logprobs(h)
+
+
+def output_dropout(h: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout on the cell output; `rng=None` means evaluation (no dropout)."""
+  if rng is None or rate == 0.0:
+    return h
+  keep = jax.random.bernoulli(rng, 1.0 - rate, h.shape)
+  return jnp.where(keep, h / (1.0 - rate), 0.0)
+
+
+def init_params(config: CaptionerConfig, rng: jax.Array) -> dict:
+  """Random parameters (Flax defaults, as NewFCModel keeps PyTorch's defaults)."""
+  model = FCCaptioner(config)
+  fc = jnp.zeros((1, config.fc_dim), jnp.float32)
+  return model.init(rng, fc, jnp.zeros((1,), jnp.int32))["params"]

@@ -1,0 +1,159 @@
+"""Greedy, sampling and beam-search decoding in `lax.scan`, vectorised over the batch.
+
+Every decoder takes a `step_fn(tokens, state, t) -> (logprobs, state)`: tokens [batch] int32
+(the previous token; 0 = BOS at t = 0), any pytree state with a leading batch axis, the step
+index t (for per-step dropout keys), returning [batch, vocab] float32 log-probs. The captioner
+provides one (`captioner_step_fn`); tests pass toy functions whose outputs are known.
+
+Conventions of self-critical.pytorch: id 0 is BOS, EOS and PAD; once a row has emitted 0 every
+later token is forced to 0 and its log-prob to 0; the sampled token's log-prob is taken from the
+untempered distribution. There is no early exit: the scan always runs `max_length` steps, which
+is what keeps decoding on the device with no host round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vlprobe_jax import captioner as captioner_lib
+
+StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+def _decode(step_fn: StepFn, state: Any, batch: int, max_length: int,
+            choose: Callable[[jax.Array, jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Shared loop of greedy and sampling: `choose(logprobs, t) -> tokens`."""
+
+  def body(carry, t):
+    tokens, state, finished = carry
+    logprobs, state = step_fn(tokens, state, t)
+    chosen = choose(logprobs, t).astype(jnp.int32)
+    chosen_logprob = jnp.take_along_axis(logprobs, chosen[:, None], axis=-1)[:, 0]
+    chosen = jnp.where(finished, 0, chosen)
+    chosen_logprob = jnp.where(finished, 0.0, chosen_logprob)
+    finished = finished | (chosen == 0)
+    return (chosen, state, finished), (chosen, chosen_logprob)
+
+  init = (jnp.zeros((batch,), jnp.int32), state, jnp.zeros((batch,), bool))
+  _, (seq, logprobs) = jax.lax.scan(body, init, jnp.arange(max_length))
+  return seq.T, logprobs.T
+
+
+def greedy(step_fn: StepFn, state: Any, batch: int, max_length: int):
+  """Argmax decoding. Returns (seq [batch, max_length] int32, logprobs [batch, max_length])."""
+  return _decode(step_fn, state, batch, max_length,
+                 lambda logprobs, t: jnp.argmax(logprobs, axis=-1))
+
+
+def sample(step_fn: StepFn, state: Any, batch: int, max_length: int, rng: jax.Array,
+           temperature: float = 1.0):
+  """Samples from softmax(logprobs / temperature); step t uses `fold_in(rng, t)`.
+
+  Returns (seq [batch, max_length] int32, logprobs of the chosen tokens under the untempered
+  distribution [batch, max_length]).
+  """
+
+  def choose(logprobs, t):
+    return jax.random.categorical(jax.random.fold_in(rng, t), logprobs / temperature, axis=-1)
+
+  return _decode(step_fn, state, batch, max_length, choose)
+
+
+def beam_search(step_fn: StepFn, state: Any, batch: int, max_length: int, beam_size: int,
+                suppress_token: int | None = None):
+  """Beam search by total log-prob; returns the best beam per row.
+
+  Args:
+    step_fn, state, batch, max_length: as for `greedy`; `state` is for `batch` rows and is
+      repeated beam_size times here.
+    beam_size: beams per row.
+    suppress_token: a token id never chosen (self-critical suppresses UNK in beam search).
+
+  Returns:
+    (seq [batch, max_length] int32, score [batch]) of the best beam.
+  """
+  vocab_fill = -1e9  # instead of -inf, so that sums never make NaNs
+
+  def repeat(x):
+    return jnp.repeat(x, beam_size, axis=0)
+
+  def body(carry, t):
+    tokens, state, scores, finished, seqs = carry
+    logprobs, state = step_fn(tokens, state, t)
+    vocab = logprobs.shape[-1]
+    if suppress_token is not None:
+      logprobs = logprobs.at[:, suppress_token].set(vocab_fill)
+    # A finished beam may only continue with 0 at no cost, so it keeps its score once.
+    finished_row = jnp.full((vocab,), vocab_fill).at[0].set(0.0)
+    logprobs = jnp.where(finished[:, None], finished_row[None, :], logprobs)
+    total = (scores[:, None] + logprobs).reshape(batch, beam_size * vocab)
+    top_scores, top_index = jax.lax.top_k(total, beam_size)
+    parent = top_index // vocab + (jnp.arange(batch) * beam_size)[:, None]
+    parent = parent.reshape(-1)
+    new_tokens = (top_index % vocab).reshape(-1).astype(jnp.int32)
+    state = jax.tree_util.tree_map(lambda x: x[parent], state)
+    seqs = seqs[parent].at[:, t].set(new_tokens)
+    finished = finished[parent] | (new_tokens == 0)
+    return (new_tokens, state, top_scores.reshape(-1), finished, seqs), None
+
+  state = jax.tree_util.tree_map(repeat, state)
+  # Only beam 0 is live at the start, so the first step does not pick the same token k times.
+  scores = jnp.tile(jnp.array([0.0] + [vocab_fill] * (beam_size - 1)), batch)
+  init = (jnp.zeros((batch * beam_size,), jnp.int32), state, scores,
+          jnp.zeros((batch * beam_size,), bool),
+          jnp.zeros((batch * beam_size, max_length), jnp.int32))
+  (_, _, scores, _, seqs), _ = jax.lax.scan(body, init, jnp.arange(max_length))
+  scores = scores.reshape(batch, beam_size)
+  best = jnp.argmax(scores, axis=-1)
+  seqs = seqs.reshape(batch, beam_size, max_length)
+  return seqs[jnp.arange(batch), best], scores[jnp.arange(batch), best]
+
+
+def captioner_step_fn(config: captioner_lib.CaptionerConfig, params: Any,
+                      dropout_rng: jax.Array | None = None) -> StepFn:
+  """The FC captioner as a `step_fn`; dropout on its output when `dropout_rng` is given.
+
+  Step t uses the dropout key `fold_in(dropout_rng, t)`, which `xe.teacher_forced_logprobs`
+  reproduces so both passes see the same masks.
+  """
+  model = captioner_lib.FCCaptioner(config)
+
+  def step_fn(tokens, state, t):
+    state = model.apply({"params": params}, tokens, state, method=model.cell)
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, t)
+    outputs = captioner_lib.output_dropout(state[0], config.dropout, rng)
+    return model.apply({"params": params}, outputs, method=model.logprobs), state
+
+  return step_fn
+
+
+def initial_state(config: captioner_lib.CaptionerConfig, params: Any, fc_feats: jax.Array):
+  """The captioner state after the image step, for fc_feats [batch, fc_dim]."""
+  model = captioner_lib.FCCaptioner(config)
+  return model.apply({"params": params}, fc_feats, method=model.init_state)
+
+
+def decode_captions(config, params, fc_feats, max_length: int, *, method: str = "greedy",
+                    rng: jax.Array | None = None, temperature: float = 1.0, beam_size: int = 3,
+                    suppress_token: int | None = None):
+  """Captions for fc_feats [batch, fc_dim]: method "greedy", "sample" or "beam".
+
+  Dropout is off for greedy and beam; on for "sample" (the policy SCST samples from).
+  Returns (seq [batch, max_length], per-token log-probs or beam scores).
+  """
+  state = initial_state(config, params, fc_feats)
+  batch = fc_feats.shape[0]
+  if method == "greedy":
+    return greedy(captioner_step_fn(config, params), state, batch, max_length)
+  if method == "sample":
+    rng_sample, rng_dropout = jax.random.split(rng)
+    return sample(captioner_step_fn(config, params, rng_dropout), state, batch, max_length,
+                  rng_sample, temperature)
+  if method == "beam":
+    return beam_search(captioner_step_fn(config, params), state, batch, max_length, beam_size,
+                       suppress_token)
+  raise ValueError(f"decoding method must be 'greedy', 'sample' or 'beam'; found {method!r}.")
