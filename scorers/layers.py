@@ -1,4 +1,5 @@
-"""BERT-style transformer blocks shared by the LXMERT, UNITER and ViLBERT ports.
+"""BERT-style transformer blocks shared by the LXMERT, UNITER and ViLBERT ports (and the
+attention math ROSITA reuses).
 
 Submodule names follow the Hugging Face / original BERT PyTorch keys
 (`attention.self.query`, `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, ...),
@@ -36,6 +37,29 @@ def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array,
+                          dropout=None, dtype: Dtype = jnp.float32) -> jax.Array:
+  """Scaled softmax attention of already projected heads, shared by every transformer port.
+
+  Args:
+    query: [N, Tq, heads, head_dim]; key, value: [N, Tk, heads, head_dim].
+    bias: additive mask broadcastable to [N, heads, Tq, Tk] (see `attention_bias`).
+    dropout: callable applied to the attention weights (a bound `nn.Dropout`), or None.
+    dtype: compute dtype. The logits and the softmax are taken in float32 so that bf16 runs
+      keep the -10000 masks exact.
+
+  Returns:
+    [N, Tq, heads, head_dim].
+  """
+  head_dim = query.shape[-1]
+  logits = jnp.einsum("nqhd,nkhd->nhqk", query, key) / jnp.sqrt(head_dim).astype(dtype)
+  logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+
+
 class BertSelfAttention(nn.Module):
   """Multi-head attention with `query`, `key`, `value` projections.
 
@@ -59,11 +83,9 @@ class BertSelfAttention(nn.Module):
       return x.reshape(x.shape[:-1] + (self.num_heads, head_dim))
 
     query, key, value = heads(hidden, "query"), heads(context, "key"), heads(context, "value")
-    logits = jnp.einsum("nqhd,nkhd->nhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
-    logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+    dropout = nn.Dropout(self.dropout_rate)
+    out = dot_product_attention(query, key, value, bias,
+                                lambda w: dropout(w, deterministic=deterministic), self.dtype)
     return out.reshape(out.shape[:-2] + (self.hidden_size,))
 
 
