@@ -1,0 +1,570 @@
+"""Feature stores: built once from the released feature files, then read by image id, fast.
+
+A store is a directory:
+
+  manifest.json              kind, per-image field shapes and dtypes, the complete shards
+  shard-00000.ids.npy        [n] int64 COCO image ids of the shard's rows
+  shard-00000.<field>.npy    [n, ...] one array per field, row i belongs to ids[i]
+  ...
+
+Shards are plain `.npy` files opened as read-only memory maps, so a 36 GB region store costs
+no RAM until rows are read. Kinds and their fields:
+
+  fc       fc [D] float32                        self-critical's `<cocoid>.npy` folder
+  clip     embedding [D] float32                 images through a caller's `embed_fn`
+  regions  feats [R, D] float32 (or float16),    LXMERT obj36 TSV or ROSITA TSV
+           boxes [R, 4] float32 x1/W, y1/H, x2/W, y2/H, mask [R] int32,
+           image_wh [2] int32, objects_id [R] int32 (-1 pads), objects_conf [R] float32
+
+Builds are resumable: a shard is written under a temporary name, fsync-ed, renamed, and only
+then listed in the manifest (itself replaced atomically), so a reader never sees a shard that
+is still being written, and a rerun of the same command skips the images of listed shards.
+
+  python -m vlprobe_jax.data.feature_store build --kind fc --source cocotalk_fc --out stores/fc
+  python -m vlprobe_jax.data.feature_store info stores/fc
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from vlprobe_jax.data import features
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vlprobe-feature-store"
+VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("fc", "clip", "regions")
+DEFAULT_SHARD_SIZE = {"fc": 16384, "clip": 16384, "regions": 4096}
+BUILD_COMMAND = "python -m vlprobe_jax.data.feature_store build --kind {kind} --source ... --out {out}"
+
+
+def _fsync_dir(path: str) -> None:
+  """Makes a rename inside `path` durable (a no-op where directories cannot be opened)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _write_npy(path: str, array: np.ndarray) -> None:
+  """Writes `array` to `path` via a temporary name, fsync and rename."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_manifest(path: str) -> dict | None:
+  manifest = os.path.join(path, MANIFEST)
+  if not os.path.isfile(manifest):
+    return None
+  with open(manifest) as f:
+    data = json.load(f)
+  if data.get("format") != FORMAT or data.get("version") != VERSION:
+    raise ValueError(f"{manifest}: not a {FORMAT} v{VERSION} manifest (format="
+                     f"{data.get('format')!r}, version={data.get('version')!r}); use another "
+                     "--out or rebuild the store.")
+  return data
+
+
+class StoreColumn:
+  """One field of a store for a fixed list of image ids, read on access.
+
+  Behaves like an [N, ...] array for indexing (`column[3]`, `column[2:5]`, `column[[4, 1]]`,
+  boolean masks) and `np.asarray(column)`; only the rows asked for are read.
+  """
+
+  def __init__(self, store: "FeatureStore", field: str, shards: np.ndarray, rows: np.ndarray):
+    self.store = store
+    self.field = field
+    self._shards = shards
+    self._rows = rows
+    shape, dtype = store.fields[field]
+    self.dtype = np.dtype(dtype)
+    self.shape = (len(rows),) + tuple(shape)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    if isinstance(index, (int, np.integer)):
+      return self[np.array([index])][0]
+    selected = np.arange(len(self))[index]
+    shards, rows = self._shards[selected], self._rows[selected]
+    out = np.empty((len(selected),) + self.shape[1:], self.dtype)
+    for shard in np.unique(shards):
+      take = shards == shard
+      out[take] = self.store.shard_array(int(shard), self.field)[rows[take]]
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    del copy  # Always a fresh array.
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
+class FeatureStore:
+  """Read side of a store: features by COCO image id.
+
+  Attributes:
+    path: the store directory.
+    kind: "fc", "clip" or "regions".
+    fields: field name -> (per-image shape, dtype name).
+    ids: [M] int64 every image id in the complete shards, in storage order.
+    finished: whether the build went through its whole source.
+  """
+
+  def __init__(self, path: str, kind: str | None = None):
+    manifest = _read_manifest(path)
+    if manifest is None:
+      raise FileNotFoundError(
+          f"{path}: no feature store here ({MANIFEST} missing). Build it with "
+          + BUILD_COMMAND.format(kind=kind or "fc|regions|clip", out=path))
+    if kind is not None and manifest["kind"] != kind:
+      raise ValueError(f"{path}: a {manifest['kind']!r} store; expected a {kind!r} store. Check "
+                       "which store the config field points to.")
+    self.path = path
+    self.kind = manifest["kind"]
+    self.fields = {name: (tuple(spec["shape"]), spec["dtype"])
+                   for name, spec in manifest["fields"].items()}
+    self.finished = bool(manifest.get("finished"))
+    self._shard_names = [shard["name"] for shard in manifest["shards"]]
+    self._arrays = {}
+    self._lock = threading.Lock()
+    ids = [np.load(self._file(i, "ids")) for i in range(len(self._shard_names))]
+    for i, (shard, shard_ids) in enumerate(zip(manifest["shards"], ids)):
+      if len(shard_ids) != shard["count"]:
+        raise ValueError(f"{self._file(i, 'ids')}: {len(shard_ids)} ids; the manifest says "
+                         f"{shard['count']}. The store is damaged: rebuild it into a new folder.")
+    self.ids = np.concatenate(ids) if ids else np.zeros((0,), np.int64)
+    self._shard_of = np.concatenate(
+        [np.full(len(x), i, np.int32) for i, x in enumerate(ids)]) if ids else np.zeros(0, int)
+    self._row_of = np.concatenate([np.arange(len(x)) for x in ids]) if ids else np.zeros(0, int)
+    self._order = np.argsort(self.ids, kind="stable")
+    self._sorted_ids = self.ids[self._order]
+    if len(self._sorted_ids) > 1 and np.any(np.diff(self._sorted_ids) == 0):
+      raise ValueError(f"{path}: an image id appears in two shards; the store is damaged: "
+                       "rebuild it into a new folder.")
+    if not self.finished:
+      log.warning("%s: incomplete store (%d images in %d complete shards): its build was "
+                  "interrupted. Rerun the same build command to finish it.", path,
+                  len(self.ids), len(self._shard_names))
+
+  def _file(self, shard: int, field: str) -> str:
+    return os.path.join(self.path, f"{self._shard_names[shard]}.{field}.npy")
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __contains__(self, image_id) -> bool:
+    return bool(self._locate(np.asarray([image_id]))[0][0])
+
+  def shard_array(self, shard: int, field: str) -> np.ndarray:
+    """The memory map of one shard's field (opened on first use)."""
+    key = (shard, field)
+    if key not in self._arrays:
+      with self._lock:
+        if key not in self._arrays:
+          self._arrays[key] = np.load(self._file(shard, field), mmap_mode="r")
+    return self._arrays[key]
+
+  def _locate(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image_ids = np.asarray(image_ids, np.int64).reshape(-1)
+    where = np.searchsorted(self._sorted_ids, image_ids)
+    where = np.minimum(where, max(len(self._sorted_ids) - 1, 0))
+    found = (self._sorted_ids[where] == image_ids) if len(self._sorted_ids) else (
+        np.zeros(len(image_ids), bool))
+    return found, self._order[where] if len(self._sorted_ids) else where
+
+  def missing(self, image_ids) -> np.ndarray:
+    """The ids among `image_ids` that the store does not hold."""
+    image_ids = np.asarray(image_ids, np.int64).reshape(-1)
+    return image_ids[~self._locate(image_ids)[0]]
+
+  def column(self, field: str, image_ids) -> StoreColumn:
+    """A lazy [len(image_ids), ...] view of `field`, row i for image_ids[i].
+
+    Raises:
+      features.FeatureError: some ids have no features in the store (the first few are listed).
+    """
+    if field not in self.fields:
+      raise KeyError(f"{self.path}: no field {field!r}; this {self.kind} store has "
+                     f"{sorted(self.fields)}.")
+    found, where = self._locate(image_ids)
+    if not found.all():
+      lost = np.asarray(image_ids, np.int64).reshape(-1)[~found]
+      raise features.FeatureError(
+          f"{self.path}: {len(lost)} of {len(found)} image ids have no features (first: "
+          f"{lost[:10].tolist()}); expected every image of the split. Build the store from files "
+          "that cover them, or set on_error='skip' to drop those images.")
+    return StoreColumn(self, field, self._shard_of[where], self._row_of[where])
+
+  def gather(self, field: str, image_ids) -> np.ndarray:
+    """[len(image_ids), ...] array of `field`, read now."""
+    return self.column(field, image_ids)[:]
+
+
+class StoreWriter:
+  """Write side: `add` images one by one, `finish` at the end; resumes an unfinished store."""
+
+  def __init__(self, out: str, kind: str, shard_size: int, source: str = ""):
+    if kind not in KINDS:
+      raise ValueError(f"kind must be one of {KINDS}; found {kind!r}.")
+    if shard_size < 1:
+      raise ValueError(f"shard_size must be >= 1; found {shard_size}.")
+    os.makedirs(out, exist_ok=True)
+    self.out, self.kind, self.shard_size = out, kind, shard_size
+    self.manifest = _read_manifest(out) or {
+        "format": FORMAT, "version": VERSION, "kind": kind, "fields": None, "shards": [],
+        "source": source, "finished": False}
+    if self.manifest["kind"] != kind:
+      raise ValueError(f"{out} holds a {self.manifest['kind']!r} store; cannot add {kind!r} "
+                       "features to it. Choose another --out.")
+    for name in os.listdir(out):
+      if name.endswith(".tmp"):  # A shard or manifest whose writing was interrupted.
+        os.remove(os.path.join(out, name))
+    self.done_ids = set()
+    for shard in self.manifest["shards"]:
+      self.done_ids.update(np.load(os.path.join(out, f"{shard['name']}.ids.npy")).tolist())
+    if self.done_ids:
+      log.info("%s: resuming; %d images in %d complete shards are kept.", out,
+               len(self.done_ids), len(self.manifest["shards"]))
+    self.manifest["finished"] = False
+    self.duplicates = 0
+    self.written = 0
+    self._buffers = None
+    self._ids = []
+
+  def _start_shard(self) -> None:
+    name = f"shard-{len(self.manifest['shards']):05d}"
+    self._buffers = {
+        field: np.lib.format.open_memmap(
+            os.path.join(self.out, f"{name}.{field}.npy.writing.tmp"), mode="w+",
+            dtype=spec["dtype"],
+            shape=(self.shard_size,) + tuple(spec["shape"]))
+        for field, spec in self.manifest["fields"].items()}
+    self._ids = []
+
+  def add(self, image_id: int, **arrays: np.ndarray) -> None:
+    """Adds one image; its arrays must match the fields fixed by the first image ever added."""
+    image_id = int(image_id)
+    if image_id in self.done_ids:
+      self.duplicates += 1
+      return
+    specs = {field: {"shape": list(np.shape(a)), "dtype": np.asarray(a).dtype.name}
+             for field, a in arrays.items()}
+    if self.manifest["fields"] is None:
+      self.manifest["fields"] = specs
+    elif specs != self.manifest["fields"]:
+      raise ValueError(f"{self.out}: image {image_id} has fields {specs}; the store holds "
+                       f"{self.manifest['fields']}. Resume with the same options as the first "
+                       "build, or choose another --out.")
+    if self._buffers is None:
+      self._start_shard()
+    row = len(self._ids)
+    for field, array in arrays.items():
+      self._buffers[field][row] = array
+    self._ids.append(image_id)
+    self.done_ids.add(image_id)
+    self.written += 1
+    if len(self._ids) == self.shard_size:
+      self._close_shard()
+
+  def _close_shard(self) -> None:
+    name = f"shard-{len(self.manifest['shards']):05d}"
+    count = len(self._ids)
+    for field, buffer in self._buffers.items():
+      path = os.path.join(self.out, f"{name}.{field}.npy")
+      writing = path + ".writing.tmp"
+      if count == self.shard_size:
+        buffer.flush()
+        with open(writing, "rb+") as f:
+          os.fsync(f.fileno())
+        os.replace(writing, path)
+      else:  # The last, short shard: copy its filled rows into a right-sized file.
+        _write_npy(path, buffer[:count])
+        os.remove(writing)
+    _write_npy(os.path.join(self.out, f"{name}.ids.npy"), np.asarray(self._ids, np.int64))
+    self.manifest["shards"].append({"name": name, "count": count})
+    self._write_manifest()
+    self._buffers, self._ids = None, []
+
+  def _write_manifest(self) -> None:
+    path = os.path.join(self.out, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+      json.dump(self.manifest, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    _fsync_dir(self.out)
+
+  def finish(self) -> None:
+    """Writes the last, possibly short shard and marks the store finished."""
+    if self._ids:
+      self._close_shard()
+    if self.duplicates:
+      log.warning("%s: %d images were seen twice (in two source files, or already in the store "
+                  "when resuming); the first copy was kept.", self.out, self.duplicates)
+    self.manifest["finished"] = True
+    self._write_manifest()
+
+
+class Progress:
+  """Logs done/total, rate and ETA every `every_s` seconds."""
+
+  def __init__(self, label: str, total: float, unit: str, every_s: float = 10.0):
+    self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: float, images: int, force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - self.last < self.every_s:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    eta = (self.total - done) / rate if rate > 0 else float("inf")
+    eta_text = "?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta))
+    percent = 100.0 * done / self.total if self.total else 100.0
+    log.info("%s: %s/%s %s (%.1f%%), %d images written, %.1f %s/s, ETA %s", self.label,
+             f"{done:,.0f}", f"{self.total:,.0f}", self.unit, percent, images, rate, self.unit,
+             eta_text)
+
+
+def build_fc_store(source: str, out: str, *, feature_dim: int = 2048,
+                   shard_size: int = DEFAULT_SHARD_SIZE["fc"], on_error: str = "stop",
+                   progress_every_s: float = 10.0) -> FeatureStore:
+  """Builds (or resumes) an fc store from self-critical's `<cocoid>.npy` folder."""
+  writer = StoreWriter(out, "fc", shard_size, source=os.path.abspath(source))
+  reader = features.FcFolderReader(source, feature_dim=feature_dim, on_error=on_error,
+                                   skip_ids=writer.done_ids)
+  progress = Progress(f"fc {out}", len(reader), "images", progress_every_s)
+  for done, (image_id, fc) in enumerate(reader, start=1):
+    writer.add(image_id, fc=fc)
+    progress.update(done, writer.written)
+  writer.finish()
+  reader.policy.log_summary()
+  progress.update(len(reader), writer.written, force=True)
+  return FeatureStore(out, "fc")
+
+
+def region_arrays(record: features.RegionRecord, max_regions: int, dtype: str,
+                  policy: features.ErrorPolicy) -> dict[str, np.ndarray] | None:
+  """One TSV record -> the fixed-size arrays of a regions store (None when skipped)."""
+  count = len(record.boxes)
+  if count > max_regions:
+    policy.handle(features.FeatureError(
+        f"{record.source}: {count} regions; expected at most {max_regions}. Rebuild with "
+        f"--max-regions {count} (or more) to keep them all."))
+    return None
+  feats = np.zeros((max_regions, record.features.shape[1]), dtype)
+  boxes = np.zeros((max_regions, 4), np.float32)
+  mask = np.zeros((max_regions,), np.int32)
+  objects_id = np.full((max_regions,), -1, np.int32)
+  objects_conf = np.zeros((max_regions,), np.float32)
+  feats[:count] = record.features
+  boxes[:count] = record.normalized_boxes()
+  mask[:count] = 1
+  objects_id[:count] = record.objects_id
+  objects_conf[:count] = record.objects_conf
+  return {"feats": feats, "boxes": boxes, "mask": mask,
+          "image_wh": np.array([record.image_w, record.image_h], np.int32),
+          "objects_id": objects_id, "objects_conf": objects_conf}
+
+
+def build_region_store(sources: list[str], out: str, *, layout: str = "auto",
+                       max_regions: int = 36, feature_dim: int = 2048, dtype: str = "float32",
+                       shard_size: int = DEFAULT_SHARD_SIZE["regions"], on_error: str = "stop",
+                       progress_every_s: float = 10.0) -> FeatureStore:
+  """Builds (or resumes) a regions store from obj36 or ROSITA TSVs (several files allowed)."""
+  if dtype not in ("float32", "float16"):
+    raise ValueError(f"dtype must be 'float32' or 'float16'; found {dtype!r}.")
+  writer = StoreWriter(out, "regions", shard_size,
+                       source=", ".join(os.path.abspath(s) for s in sources))
+  policy = features.ErrorPolicy(on_error, "TSV rows")
+  readers = [features.RegionTsvReader(path, layout, feature_dim=feature_dim, on_error=policy,
+                                      skip_ids=writer.done_ids) for path in sources]
+  total = sum(reader.bytes_total for reader in readers)
+  progress = Progress(f"regions {out}", total / 2**20, "MiB", progress_every_s)
+  finished_bytes = 0
+  for reader in readers:
+    for record in reader:
+      arrays = region_arrays(record, max_regions, dtype, policy)
+      if arrays is not None:
+        writer.add(record.image_id, **arrays)
+      progress.update((finished_bytes + reader.bytes_read) / 2**20, writer.written)
+    finished_bytes += reader.bytes_total
+  writer.finish()
+  policy.log_summary()
+  progress.update(total / 2**20, writer.written, force=True)
+  return FeatureStore(out, "regions")
+
+
+def build_clip_store(image_dir: str, out: str, embed_fn, *, image_size: int = 224,
+                     batch_size: int = 64, image_ids=None,
+                     shard_size: int = DEFAULT_SHARD_SIZE["clip"], on_error: str = "stop",
+                     progress_every_s: float = 10.0) -> FeatureStore:
+  """Builds (or resumes) a CLIP image-embedding store over a folder of COCO images.
+
+  Args:
+    image_dir: searched recursively for COCO-named images (`COCO_train2014_000000000009.jpg`).
+    embed_fn: pixels [B, image_size, image_size, 3] uint8 RGB -> [B, D] embeddings (the
+      caller's CLIP vision tower; normalisation of the pixels is its job).
+    image_ids: restrict to these ids (e.g. the Karpathy split's), or None for every image.
+  """
+  images = features.list_images(image_dir)
+  if image_ids is not None:
+    images = {i: images[i] for i in image_ids if i in images}
+  writer = StoreWriter(out, "clip", shard_size, source=os.path.abspath(image_dir))
+  policy = features.ErrorPolicy(on_error, f"images in {image_dir}")
+  todo = sorted(i for i in images if i not in writer.done_ids)
+  progress = Progress(f"clip {out}", len(todo), "images", progress_every_s)
+  for start in range(0, len(todo), batch_size):
+    batch_ids, pixels = [], []
+    for image_id in todo[start:start + batch_size]:
+      try:
+        pixels.append(features.load_image(images[image_id], image_size))
+        batch_ids.append(image_id)
+      except features.FeatureError as error:
+        policy.handle(error)
+    if not batch_ids:
+      continue
+    embeddings = np.asarray(embed_fn(np.stack(pixels)), np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(batch_ids):
+      raise ValueError(f"embed_fn returned shape {embeddings.shape} for {len(batch_ids)} "
+                       "images; expected [batch, D].")
+    for image_id, embedding in zip(batch_ids, embeddings):
+      writer.add(image_id, embedding=embedding)
+    progress.update(min(start + batch_size, len(todo)), writer.written)
+  writer.finish()
+  policy.log_summary()
+  progress.update(len(todo), writer.written, force=True)
+  return FeatureStore(out, "clip")
+
+
+def _resolve(spec: str):
+  """'package.module:name' -> the object."""
+  module, _, name = spec.partition(":")
+  if not module or not name:
+    raise ValueError(f"--embed-fn must look like 'package.module:function'; found {spec!r}.")
+  return getattr(importlib.import_module(module), name)
+
+
+_EXAMPLES = """examples:
+  build --kind fc --source data/cocotalk_fc --out stores/fc
+  build --kind regions --source train2014_obj36.tsv val2014_obj36.tsv --out stores/obj36
+  build --kind regions --source imgfeat.tsv --layout rosita --out stores/rosita
+  build --kind clip --source coco/images --out stores/clip \\
+        --embed-fn my_module:make_embed_fn --checkpoint /path/to/clip
+  info stores/fc
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the examples' line breaks and shows defaults, except for required options."""
+
+  def _get_help_string(self, action):
+    if action.required or action.default in (None, argparse.SUPPRESS, False):
+      return action.help
+    return f"{action.help} (default: {action.default})"
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m vlprobe_jax.data.feature_store",
+      description="Build and inspect feature stores (random-access, memory-mapped features by "
+                  "COCO image id). Builds resume: rerun the same command after an interruption.",
+      formatter_class=_HelpFormatter, epilog=_EXAMPLES)
+  commands = parser.add_subparsers(dest="command", required=True)
+  build = commands.add_parser(
+      "build", help="build or resume a store", formatter_class=_HelpFormatter, epilog=_EXAMPLES,
+      description="Reads the source once and writes shards of --shard-size images; logs "
+                  "progress with an ETA. Interrupted? Rerun the same command: complete shards "
+                  "are kept and their images skipped.")
+  build.add_argument("--kind", required=True, choices=KINDS,
+                     help="fc: self-critical <cocoid>.npy folder; regions: LXMERT obj36 or "
+                          "ROSITA TSV files; clip: a COCO image folder through --embed-fn")
+  build.add_argument("--source", required=True, nargs="+",
+                     help="the input folder (fc, clip) or TSV file(s) (regions)")
+  build.add_argument("--out", required=True, help="the store directory (created or resumed)")
+  build.add_argument("--on-error", default="stop", choices=("stop", "skip"),
+                     help="a bad entry stops the build, or is skipped and counted in the log")
+  build.add_argument("--shard-size", type=int, default=None,
+                     help=f"images per shard (default per kind: {DEFAULT_SHARD_SIZE})")
+  build.add_argument("--feature-dim", type=int, default=2048,
+                     help="expected fc / region feature width")
+  build.add_argument("--layout", default="auto", choices=("auto", "obj36", "rosita"),
+                     help="regions: the TSV column layout")
+  build.add_argument("--max-regions", type=int, default=36, help="regions: boxes per image")
+  build.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                     help="regions: storage dtype of the region features")
+  build.add_argument("--embed-fn", default=None,
+                     help="clip: 'module:function'; function(checkpoint) returns embed_fn("
+                          "pixels [B,S,S,3] uint8) -> [B, D]")
+  build.add_argument("--checkpoint", default=None, help="clip: passed to the --embed-fn function")
+  build.add_argument("--image-size", type=int, default=224, help="clip: square input size")
+  build.add_argument("--batch-size", type=int, default=64, help="clip: images per embed_fn call")
+  build.add_argument("--progress-every", type=float, default=10.0,
+                     help="seconds between progress lines")
+  info = commands.add_parser("info", help="print a store's kind, size and fields")
+  info.add_argument("store", help="the store directory")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+  if args.command == "info":
+    store = FeatureStore(args.store)
+    print(f"{store.path}: {store.kind} store, {len(store):,} images, "
+          f"{'finished' if store.finished else 'INCOMPLETE (rerun its build)'}")
+    for name, (shape, dtype) in store.fields.items():
+      print(f"  {name}: {list(shape)} {dtype}")
+    return 0
+  shard_size = args.shard_size or DEFAULT_SHARD_SIZE[args.kind]
+  common = dict(out=args.out, shard_size=shard_size, on_error=args.on_error,
+                progress_every_s=args.progress_every)
+  if args.kind != "regions" and len(args.source) != 1:
+    raise SystemExit(f"--kind {args.kind} takes one --source folder; found {args.source}.")
+  if args.kind == "fc":
+    store = build_fc_store(args.source[0], feature_dim=args.feature_dim, **common)
+  elif args.kind == "regions":
+    store = build_region_store(args.source, layout=args.layout, max_regions=args.max_regions,
+                               feature_dim=args.feature_dim, dtype=args.dtype, **common)
+  else:
+    if not args.embed_fn:
+      raise SystemExit("--kind clip needs --embed-fn module:function (see --help).")
+    make = _resolve(args.embed_fn)
+    embed_fn = make(args.checkpoint) if args.checkpoint else make()
+    store = build_clip_store(args.source[0], embed_fn=embed_fn, image_size=args.image_size,
+                             batch_size=args.batch_size, **common)
+  print(f"{store.path}: {store.kind} store with {len(store):,} images.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
