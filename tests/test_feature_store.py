@@ -141,7 +141,8 @@ def test_region_store_from_two_tsvs(tmp_path, layout):
 def test_region_store_float16_and_too_many_regions(tmp_path, caplog):
   rng = np.random.default_rng(2)
   path = _tsv(tmp_path / "a.tsv", [_record(1, 2, rng), _record(2, 5, rng)], "obj36")
-  with pytest.raises(features.FeatureError, match=r"5 regions; expected at most 3.*--max-regions 5"):
+  with pytest.raises(features.FeatureError,
+                     match=r"5 regions; expected at most 3.*--max-regions 5"):
     fs.build_region_store([path], str(tmp_path / "stop"), max_regions=3, feature_dim=DIM)
   with caplog.at_level(logging.WARNING):
     store = fs.build_region_store([path], str(tmp_path / "skip"), max_regions=3,

@@ -46,7 +46,8 @@ VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("fc", "clip", "regions")
 DEFAULT_SHARD_SIZE = {"fc": 16384, "clip": 16384, "regions": 4096}
-BUILD_COMMAND = "python -m vlprobe_jax.data.feature_store build --kind {kind} --source ... --out {out}"
+BUILD_COMMAND = ("python -m vlprobe_jax.data.feature_store build --kind {kind} --source ... "
+                 "--out {out}")
 
 
 def _fsync_dir(path: str) -> None:
