@@ -206,3 +206,20 @@ def test_a_saved_vocabulary_is_reused(world):
   assert reused.vocab == built.vocab
   assert coco.load_coco(dict(config, max_images=1)).vocab != built.vocab
   assert "from " + str(tmp_path / "cocotalk.json") in reused.description
+
+
+def test_clip_store_rides_on_split_image_embeds_when_the_split_has_that_field(world):
+  import dataclasses
+  from vlprobe_jax.data.dataset import Split
+  config, _, _, tmp_path = world
+  writer = feature_store.StoreWriter(str(tmp_path / "clip"), "clip", shard_size=4)
+  for image in IMAGES:
+    writer.add(image["cocoid"], embedding=np.full(3, image["cocoid"], np.float32))
+  writer.finish()
+  with_clip = dict(config, clip_store=str(tmp_path / "clip"))
+  if "image_embeds" in {f.name for f in dataclasses.fields(Split)}:
+    dataset = coco.load_coco(with_clip)
+    np.testing.assert_array_equal(np.asarray(dataset["train"].image_embeds)[:, 0], [10, 20, 50])
+  else:
+    with pytest.raises(ValueError, match="Split has no image_embeds field"):
+      coco.load_coco(with_clip)

@@ -190,3 +190,27 @@ def test_command_line_build_info_and_help(tmp_path, capsys):
   help_text = capsys.readouterr().out
   for option in ("--kind", "--source", "--out", "--on-error", "--max-regions", "--embed-fn"):
     assert option in help_text
+
+
+def test_command_line_clip_build_with_an_embed_fn_module(tmp_path, monkeypatch):
+  import sys
+  import types
+  from PIL import Image
+  os.makedirs(tmp_path / "images")
+  for i in (4, 2):
+    Image.new("RGB", (20, 20), (10 * i, 0, 0)).save(tmp_path / "images" / f"{i}.png")
+  module = types.ModuleType("fake_clip_module")
+  checkpoints = []
+
+  def make(checkpoint):
+    checkpoints.append(checkpoint)
+    return lambda pixels: pixels[:, 0, 0, :2].astype(np.float32)
+
+  module.make = make
+  monkeypatch.setitem(sys.modules, "fake_clip_module", module)
+  assert fs.main(["build", "--kind", "clip", "--source", str(tmp_path / "images"),
+                  "--out", str(tmp_path / "store"), "--embed-fn", "fake_clip_module:make",
+                  "--checkpoint", "/ckpt", "--image-size", "8"]) == 0
+  store = fs.FeatureStore(str(tmp_path / "store"), "clip")
+  assert checkpoints == ["/ckpt"]
+  np.testing.assert_allclose(store.gather("embedding", [2, 4]), [[20, 0], [40, 0]], atol=2)

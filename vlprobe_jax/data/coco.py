@@ -22,6 +22,8 @@ Config fields read (`config.data` in the experiment configs):
   tfds_name          default "coco_captions/2014".
   fc_store           fc feature store (`feature_store build --kind fc`); required.
   region_store       regions store (`--kind regions`), for LXMERT/UNITER/ViLBERT/ROSITA.
+  clip_store         CLIP image-embedding store (`--kind clip`); needs a `Split.image_embeds`
+                     field to travel in (until then, give CLIP pixels with image_size).
   count_threshold    5.   max_length  16.   captions_per_image  5.
   vocab_from         "all" (self-critical, default) or "train".
   vocab_json         optional `cocotalk.json`-style vocabulary to reuse instead of building one.
@@ -53,7 +55,8 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 SPLITS = ("train", "val", "test")
 TFDS_NAME = "coco_captions/2014"
 _DEFAULTS = dict(source="karpathy_json", karpathy_json="", image_dir="", tfds_data_dir=None,
-                 tfds_name=TFDS_NAME, fc_store="", region_store="", count_threshold=5,
+                 tfds_name=TFDS_NAME, fc_store="", region_store="", clip_store="",
+                 count_threshold=5,
                  max_length=16, captions_per_image=5, vocab_from="all", vocab_json="",
                  image_size=0, on_error="stop", max_images=0)
 
@@ -130,7 +133,7 @@ def read_tfds(name: str = TFDS_NAME, data_dir: str | None = None, max_images: in
   for tfds_split in ("train", "restval", "val", "test"):
     split = KARPATHY_SPLITS[tfds_split]
     try:
-      ds = tfds.load(name, split=tfds_split, data_dir=data_dir, download=False,
+      ds = tfds.load(name, split=tfds_split, data_dir=data_dir or None, download=False,
                      shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
     except Exception as error:  # tfds raises several types for "not prepared".
       raise FileNotFoundError(
@@ -177,19 +180,20 @@ def _check_available(images: list[CocoImage], split: str, available: np.ndarray,
 
 
 def _make_split(name: str, images: list[CocoImage], vocab: vocab_lib.Vocab, config,
-                fc_store: feature_store.FeatureStore,
-                region_store: feature_store.FeatureStore | None) -> Split:
+                stores: dict[str, feature_store.FeatureStore]) -> Split:
   ids = np.array([image.image_id for image in images], np.int64)
   labels = vocab_lib.encode_labels(vocab, [image.captions for image in images],
                                    int(_field(config, "captions_per_image")),
                                    int(_field(config, "max_length")))
-  split = Split(name=name, image_ids=ids, fc_feats=fc_store.gather("fc", ids), labels=labels,
+  split = Split(name=name, image_ids=ids, fc_feats=stores["fc"].gather("fc", ids), labels=labels,
                 references=[[" ".join(c) for c in image.captions] for image in images])
-  if region_store is not None:
-    split.region_feats = region_store.column("feats", ids)
-    split.region_boxes = region_store.column("boxes", ids)
-    split.region_mask = region_store.column("mask", ids)
-    split.image_wh = region_store.column("image_wh", ids)
+  if "regions" in stores:
+    split.region_feats = stores["regions"].column("feats", ids)
+    split.region_boxes = stores["regions"].column("boxes", ids)
+    split.region_mask = stores["regions"].column("mask", ids)
+    split.image_wh = stores["regions"].column("image_wh", ids)
+  if "clip" in stores:
+    split.image_embeds = stores["clip"].column("embedding", ids)
   size = int(_field(config, "image_size"))
   if size:
     if _field(config, "image_dir"):
@@ -255,20 +259,22 @@ def load_coco(config) -> Dataset:
     vocab = build_coco_vocab(kept, int(_field(config, "count_threshold")),
                              _field(config, "vocab_from"))
 
-  fc_store = feature_store.FeatureStore(_field(config, "fc_store"), "fc")
-  region_store = None
-  if _field(config, "region_store"):
-    region_store = feature_store.FeatureStore(_field(config, "region_store"), "regions")
+  store_fields = {"fc": "fc_store", "regions": "region_store", "clip": "clip_store"}
+  stores = {kind: feature_store.FeatureStore(_field(config, field), kind)
+            for kind, field in store_fields.items() if _field(config, field)}
+  if "clip" in stores and "image_embeds" not in {f.name for f in dataclasses.fields(Split)}:
+    raise ValueError("config.data.clip_store is set, but dataset.Split has no image_embeds field "
+                     "to carry the embeddings yet; leave clip_store empty and give CLIP pixels "
+                     "instead (config.data.image_dir and config.data.image_size=224).")
   splits = {}
   for name in SPLITS:
     chosen = by_split[name]
-    stores = [("fc features", fc_store)] + ([("region features", region_store)]
-                                           if region_store is not None else [])
-    for what, store in stores:
+    for kind, store in stores.items():
       ids = np.array([image.image_id for image in chosen], np.int64)
       present = ~np.isin(ids, store.missing(ids))
-      chosen = _check_available(chosen, name, present, f"{what} in {store.path}", policy)
-    splits[name] = _make_split(name, chosen, vocab, config, fc_store, region_store)
+      chosen = _check_available(chosen, name, present, f"{kind} features in {store.path}",
+                                policy)
+    splits[name] = _make_split(name, chosen, vocab, config, stores)
   policy.log_summary()
   sizes = " / ".join(f"{name} {len(split):,}" for name, split in splits.items())
   vocab_origin = (f"from {_field(config, 'vocab_json')}" if _field(config, "vocab_json") else

@@ -465,6 +465,23 @@ def build_clip_store(image_dir: str, out: str, embed_fn, *, image_size: int = 22
   return FeatureStore(out, "clip")
 
 
+def clip_embed_fn(checkpoint: str):
+  """The default `--embed-fn`: the CLIP scorer's own image side, through the scorer contract.
+
+  Returns embed_fn(pixels [B, S, S, 3] uint8) -> [B, D] float32, the unit-norm "image_embeds"
+  that `scorers.get("clip").image_inputs` gives the scorer, so the store can stand in for it.
+  """
+  import scorers  # pylint: disable=g-import-not-at-top
+
+  clip = scorers.get("clip")
+  config, params = clip.load(checkpoint)
+
+  def embed_fn(pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(clip.image_inputs(params, config, {"pixels": pixels})["image_embeds"])
+
+  return embed_fn
+
+
 def _resolve(spec: str):
   """'package.module:name' -> the object."""
   module, _, name = spec.partition(":")
@@ -478,7 +495,7 @@ _EXAMPLES = """examples:
   build --kind regions --source train2014_obj36.tsv val2014_obj36.tsv --out stores/obj36
   build --kind regions --source imgfeat.tsv --layout rosita --out stores/rosita
   build --kind clip --source coco/images --out stores/clip \\
-        --embed-fn my_module:make_embed_fn --checkpoint /path/to/clip
+        --checkpoint /path/to/clip-vit-base-patch32
   info stores/fc
 """
 
@@ -521,10 +538,12 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument("--max-regions", type=int, default=36, help="regions: boxes per image")
   build.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                      help="regions: storage dtype of the region features")
-  build.add_argument("--embed-fn", default=None,
+  build.add_argument("--embed-fn", default="vlprobe_jax.data.feature_store:clip_embed_fn",
                      help="clip: 'module:function'; function(checkpoint) returns embed_fn("
                           "pixels [B,S,S,3] uint8) -> [B, D]")
-  build.add_argument("--checkpoint", default=None, help="clip: passed to the --embed-fn function")
+  build.add_argument("--checkpoint", default=None,
+                     help="clip: passed to the --embed-fn function (the default one takes a "
+                          "Hugging Face CLIP directory)")
   build.add_argument("--image-size", type=int, default=224, help="clip: square input size")
   build.add_argument("--batch-size", type=int, default=64, help="clip: images per embed_fn call")
   build.add_argument("--progress-every", type=float, default=10.0,
@@ -557,8 +576,6 @@ def main(argv: list[str] | None = None) -> int:
     store = build_region_store(args.source, layout=args.layout, max_regions=args.max_regions,
                                feature_dim=args.feature_dim, dtype=args.dtype, **common)
   else:
-    if not args.embed_fn:
-      raise SystemExit("--kind clip needs --embed-fn module:function (see --help).")
     make = _resolve(args.embed_fn)
     embed_fn = make(args.checkpoint) if args.checkpoint else make()
     store = build_clip_store(args.source[0], embed_fn=embed_fn, image_size=args.image_size,
