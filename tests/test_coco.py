@@ -138,6 +138,12 @@ def test_pixels_from_the_image_folder(world):
   dataset = coco.load_coco(dict(config, image_dir=str(tmp_path / "images"), image_size=8))
   pixels = dataset["train"].scorer_images(np.array([1]))["pixels"]
   assert pixels.shape == (1, 8, 8, 3) and abs(int(pixels[0, 4, 4, 0]) - 20) <= 2
+  os.remove(tmp_path / "images" / "val2014" / "COCO_val2014_000000000030.jpg")
+  with pytest.raises(features.FeatureError, match=r"val: 1 of 1 images have no image file"):
+    coco.load_coco(dict(config, image_dir=str(tmp_path / "images"), image_size=8))
+  dataset = coco.load_coco(dict(config, image_dir=str(tmp_path / "images"), image_size=8,
+                                on_error="skip"))
+  assert len(dataset["val"]) == 0 and len(dataset["train"]) == 3
 
 
 def test_tfds_coco_captions_feature_names_are_what_the_reader_uses():

@@ -103,7 +103,7 @@ def read_karpathy_json(path: str) -> list[CocoImage]:
   for number, entry in enumerate(entries):
     try:
       split = KARPATHY_SPLITS[entry["split"]]
-      captions = [[w for w in sentence["tokens"]] for sentence in entry["sentences"]]
+      captions = [list(sentence["tokens"]) for sentence in entry["sentences"]]
       image_id = int(entry["cocoid"])
       image_path = os.path.join(entry.get("filepath", ""), entry["filename"])
     except KeyError as error:
@@ -154,15 +154,12 @@ def read_tfds(name: str = TFDS_NAME, data_dir: str | None = None, max_images: in
   return images
 
 
-def _image_paths(images: list[CocoImage], image_dir: str) -> list[str]:
-  """Absolute image paths; TFDS gives bare file names, found under train2014/ or val2014/."""
-  paths = []
-  for image in images:
-    candidates = [os.path.join(image_dir, image.path)]
-    if os.path.dirname(image.path) == "":
-      candidates += [os.path.join(image_dir, d, image.path) for d in ("train2014", "val2014")]
-    paths.append(next((p for p in candidates if os.path.isfile(p)), candidates[0]))
-  return paths
+def _find_image(image: CocoImage, image_dir: str) -> str | None:
+  """The image's file under `image_dir`, or None (a bare TFDS name: try train2014/, val2014/)."""
+  candidates = [os.path.join(image_dir, image.path or "")]
+  if image.path and os.path.dirname(image.path) == "":
+    candidates += [os.path.join(image_dir, d, image.path) for d in ("train2014", "val2014")]
+  return next((p for p in candidates if os.path.isfile(p)), None)
 
 
 def _check_available(images: list[CocoImage], split: str, available: np.ndarray, what: str,
@@ -196,8 +193,8 @@ def _make_split(name: str, images: list[CocoImage], vocab: vocab_lib.Vocab, conf
     split.image_embeds = stores["clip"].column("embedding", ids)
   size = int(_field(config, "image_size"))
   if size:
-    if _field(config, "image_dir"):
-      split.pixels = features.ImageColumn(_image_paths(images, _field(config, "image_dir")), size)
+    if _field(config, "image_dir"):  # Paths checked and resolved by `load_coco`.
+      split.pixels = features.ImageColumn([image.path for image in images], size)
     else:
       split.pixels = np.stack([image.pixels for image in images]) if images else np.zeros(
           (0, size, size, 3), np.uint8)
@@ -274,6 +271,12 @@ def load_coco(config) -> Dataset:
       present = ~np.isin(ids, store.missing(ids))
       chosen = _check_available(chosen, name, present, f"{kind} features in {store.path}",
                                 policy)
+    if image_size and _field(config, "image_dir"):
+      found = [_find_image(image, _field(config, "image_dir")) for image in chosen]
+      chosen = _check_available(chosen, name, np.array([f is not None for f in found], bool),
+                                f"image file under {_field(config, 'image_dir')}", policy)
+      for image, path in zip(chosen, [f for f in found if f is not None]):
+        image.path = path
     splits[name] = _make_split(name, chosen, vocab, config, stores)
   policy.log_summary()
   sizes = " / ".join(f"{name} {len(split):,}" for name, split in splits.items())
