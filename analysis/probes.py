@@ -1,0 +1,278 @@
+"""Section 5 of the paper: captions built to test what a scorer rewards, and their scores.
+
+Three probes, each run against every scorer function `(captions, image_ids) -> [N] scores`:
+
+* `replacement_probe` (Figure 2): the XE captions as they are; with every visual word (a token
+  tagged NOUN/PROPN) replaced by a wrong noun (drawn from `noun_pool`, never a word of that
+  image's references nor one of the caption's own nouns); and with every other word replaced
+  by a random word (drawn from `word_pool`, never a word of that image's references), visual
+  words kept. Captions without nouns are left out of all three.
+* `template_probe` (Table 7): the visual words of each XE caption (its nouns, in order, each
+  once) poured into the scorer's template from the paper, e.g. UNITER `a+NOUN+of+the+(NOUN)*`.
+  Every template is also scored by every scorer (the `matrix`).
+* `visual_words_probe` (Figure 3): per image, the nouns of its references (most mentioned
+  first); the first k of them, k = 3..7, poured into each scorer's template. Only images with
+  at least max(k) such nouns are used, the same images for every k.
+
+Random choices come from `numpy.random.default_rng(seed)`, walking images in sorted id order,
+so results depend only on the inputs and the seed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from analysis.pos import NOUN_TAGS, TaggedCaption, tag_captions
+
+ScoreFn = Callable[[list[str], list[int]], np.ndarray]
+SLOT = "NOUN"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """A sentence template: `head` once, then `repeat` once per remaining visual word.
+
+  "NOUN" marks a slot. With fewer nouns than slots in `head`, the head is cut right after the
+  last filled slot ("a dog" from UNITER's template with one noun).
+  """
+  head: tuple[str, ...]
+  repeat: tuple[str, ...]
+
+  def fill(self, nouns: Sequence[str]) -> str:
+    if not nouns:
+      raise ValueError("analysis/probes.py: Template.fill needs at least one noun.")
+    nouns = list(nouns)
+    words = []
+    for position, token in enumerate(self.head):
+      if token == SLOT and not nouns:  # out of nouns: end after the last filled slot
+        last_slot = max(j for j, t in enumerate(self.head[:position]) if t == SLOT)
+        return " ".join(words[:last_slot + 1])
+      words.append(nouns.pop(0) if token == SLOT else token)
+    while nouns:
+      for token in self.repeat:
+        if token == SLOT and not nouns:
+          break
+        words.append(nouns.pop(0) if token == SLOT else token)
+    return " ".join(words)
+
+  def __str__(self) -> str:
+    return "+".join(self.head) + "+(" + "+".join(self.repeat) + ")*"
+
+
+# Table 7 of the paper, per scorer name.
+TEMPLATES = {
+    "uniter": Template(("a", SLOT, "of", "the", SLOT), (SLOT,)),
+    "rosita": Template(("a", "image", "image", "that", "is", "a", "a", SLOT),
+                       ("but", "a", "a", SLOT)),
+    "vilbert": Template(("a", SLOT, "that", "the", SLOT), ("at", "the", SLOT)),
+    "clip": Template(("a", "image", "image", "of", SLOT), ("near", "a", SLOT)),
+    "lxmert": Template(("a", SLOT), ("of", "a", SLOT)),
+}
+# For a scorer the paper did not probe: noun phrases joined by a plain conjunction.
+DEFAULT_TEMPLATE = Template(("a", SLOT), ("and", "a", SLOT))
+
+
+def template_for(scorer: str) -> Template:
+  return TEMPLATES.get(scorer.lower(), DEFAULT_TEMPLATE)
+
+
+def score_all(fn: ScoreFn, captions: Sequence[str], image_ids: Sequence[int],
+              batch_size: int = 1024) -> np.ndarray:
+  """A scorer function applied in batches; returns [N] float64."""
+  out = []
+  for start in range(0, len(captions), batch_size):
+    part = np.asarray(fn(list(captions[start:start + batch_size]),
+                         [int(i) for i in image_ids[start:start + batch_size]]), np.float64)
+    if part.shape != (min(batch_size, len(captions) - start),):
+      raise ValueError(f"analysis/probes.py: a score function returned shape {part.shape} for "
+                       f"{min(batch_size, len(captions) - start)} captions; it must return one "
+                       "score per caption.")
+    out.append(part)
+  return np.concatenate(out) if out else np.zeros((0,), np.float64)
+
+
+def _reference_words(references: Mapping[int, Sequence[str]], image_id: int) -> set[str]:
+  return {w for r in references.get(image_id, ()) for w in r.split()}
+
+
+def _draw(rng: np.random.Generator, pool: Sequence[str], banned: set[str]) -> str | None:
+  """A uniform draw from pool minus banned (None if empty); rejection first, as banned is small."""
+  for _ in range(64):
+    word = pool[rng.integers(len(pool))] if pool else None
+    if word is None or word not in banned:
+      return word
+  allowed = [w for w in pool if w not in banned]
+  return allowed[rng.integers(len(allowed))] if allowed else None
+
+
+def replacement_probe(captions: Mapping[int, str], references: Mapping[int, Sequence[str]],
+                      score_fns: Mapping[str, ScoreFn], noun_pool: Sequence[str],
+                      word_pool: Sequence[str], tagged: Mapping[int, TaggedCaption] | None = None,
+                      seed: int = 0) -> dict:
+  """Figure 2: mean scores of the captions, with nouns replaced, and with the rest replaced.
+
+  Args:
+    captions: image id -> XE caption.
+    references: image id -> reference captions (their words are never drawn for that image).
+    score_fns: scorer name -> (captions, image_ids) -> [N] scores.
+    noun_pool: candidate wrong nouns (e.g. every noun the tagger found in the captions).
+    word_pool: candidate random words for the non-visual positions (not nouns).
+    tagged: image id -> tagged caption, when already tagged.
+    seed: the random seed.
+
+  Returns:
+    {"num_captions": n, "scores": {scorer: {"original", "replace_nouns", "replace_others"}},
+     "examples": [{"image_id", "original", "replace_nouns", "replace_others"}] (first 5)}.
+  """
+  ids = sorted(captions)
+  if tagged is None:
+    tagged = dict(zip(ids, tag_captions([captions[i] for i in ids])))
+  rng = np.random.default_rng(seed)
+  nouns_sorted, words_sorted = sorted(set(noun_pool)), sorted(set(word_pool) - set(noun_pool))
+  kept, original, swapped_nouns, swapped_others = [], [], [], []
+  for i in ids:
+    t = tagged[i]
+    is_noun = [p in NOUN_TAGS for p in t.pos]
+    if not any(is_noun):
+      continue
+    banned = _reference_words(references, i) | set(t.nouns())
+    new_nouns, new_others = [], []
+    for word, noun in zip(t.words, is_noun):
+      new_nouns.append((_draw(rng, nouns_sorted, banned) or word) if noun else word)
+      new_others.append(word if noun else (_draw(rng, words_sorted, banned) or word))
+    kept.append(i)
+    original.append(" ".join(t.words))
+    swapped_nouns.append(" ".join(new_nouns))
+    swapped_others.append(" ".join(new_others))
+  scores = {}
+  for name, fn in score_fns.items():
+    scores[name] = {kind: float(np.mean(score_all(fn, texts, kept))) if kept else float("nan")
+                    for kind, texts in (("original", original), ("replace_nouns", swapped_nouns),
+                                        ("replace_others", swapped_others))}
+  examples = [{"image_id": i, "original": a, "replace_nouns": b, "replace_others": c}
+              for i, a, b, c in list(zip(kept, original, swapped_nouns, swapped_others))[:5]]
+  return {"num_captions": len(kept), "scores": scores, "examples": examples}
+
+
+def _unique(words: Sequence[str]) -> list[str]:
+  return list(dict.fromkeys(words))
+
+
+def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn],
+                   tagged: Mapping[int, TaggedCaption] | None = None) -> dict:
+  """Table 7: scores of the XE captions and of their visual words in each scorer's template.
+
+  Returns:
+    {"num_captions": n,
+     "table": {scorer: {"template": str, "ce": mean, "recons": mean}},
+     "matrix": {template owner: {scorer: mean}},  (every template under every scorer)
+     "examples": {template owner: [(XE caption, reconstruction)] (first 3)}}.
+    A template owner is a scorer name, or "default" for DEFAULT_TEMPLATE.
+  """
+  ids = sorted(captions)
+  if tagged is None:
+    tagged = dict(zip(ids, tag_captions([captions[i] for i in ids])))
+  kept = [i for i in ids if tagged[i].nouns()]
+  nouns = [_unique(tagged[i].nouns()) for i in kept]
+  base = [" ".join(tagged[i].words) for i in kept]
+  owners = {name: template_for(name) for name in score_fns}
+  if DEFAULT_TEMPLATE not in owners.values():
+    owners["default"] = DEFAULT_TEMPLATE
+  built = {owner: [t.fill(n) for n in nouns] for owner, t in owners.items()}
+  matrix = {owner: {} for owner in owners}
+  table = {}
+  for name, fn in score_fns.items():
+    ce = float(np.mean(score_all(fn, base, kept))) if kept else float("nan")
+    for owner, texts in built.items():
+      matrix[owner][name] = float(np.mean(score_all(fn, texts, kept))) if kept else float("nan")
+    table[name] = {"template": str(owners[name]), "ce": ce, "recons": matrix[name][name]}
+  examples = {owner: list(zip(base[:3], texts[:3])) for owner, texts in built.items()}
+  return {"num_captions": len(kept), "table": table, "matrix": matrix, "examples": examples}
+
+
+def tag_references(references: Mapping[int, Sequence[str]],
+                   image_ids: Sequence[int]) -> dict[int, list[TaggedCaption]]:
+  """POS tags of the reference captions of the given images (one tagger pass for all)."""
+  flat = [(i, r) for i in image_ids for r in references[i]]
+  out = {i: [] for i in image_ids}
+  for (i, _), t in zip(flat, tag_captions([r for _, r in flat])):
+    out[i].append(t)
+  return out
+
+
+def word_pools(tagged: Iterable[TaggedCaption]) -> tuple[list[str], list[str]]:
+  """(nouns, other words): every word seen, split by whether it is mostly tagged a noun.
+
+  The noun pool gives the wrong visual words of `replacement_probe`, the other pool its random
+  non-visual words.
+  """
+  noun_count, total = collections.Counter(), collections.Counter()
+  for t in tagged:
+    for w, p in zip(t.words, t.pos):
+      total[w] += 1
+      noun_count[w] += p in NOUN_TAGS
+  nouns = sorted(w for w in total if 2 * noun_count[w] > total[w])
+  others = sorted(w for w in total if noun_count[w] == 0)
+  return nouns, others
+
+
+def reference_nouns(tagged_references: Mapping[int, Sequence[TaggedCaption]],
+                    seed: int = 0) -> dict[int, list[str]]:
+  """Per image, the distinct nouns of its references, most mentioned (by captions) first.
+
+  Ties are broken by a seeded random order, so the ranking is reproducible.
+  """
+  rng = np.random.default_rng(seed)
+  out = {}
+  for i in sorted(tagged_references):
+    mentions = collections.Counter(n for t in tagged_references[i] for n in set(t.nouns()))
+    words = sorted(mentions)
+    tiebreak = dict(zip(words, rng.permutation(len(words))))
+    out[i] = sorted(words, key=lambda w: (-mentions[w], tiebreak[w]))
+  return out
+
+
+def visual_words_probe(references: Mapping[int, Sequence[str]],
+                       score_fns: Mapping[str, ScoreFn], k_values: Sequence[int] = (3, 4, 5, 6, 7),
+                       max_images: int | None = None, seed: int = 0,
+                       tagged_references: Mapping[int, Sequence[TaggedCaption]] | None = None
+                       ) -> dict:
+  """Figure 3: mean score of template captions with k visual words from the references.
+
+  Args:
+    references: image id -> reference captions.
+    score_fns: scorer name -> score function.
+    k_values: numbers of visual words.
+    max_images: use at most this many eligible images (a seeded sample), None for all.
+    seed: the random seed (tie-breaks between equally mentioned nouns, the sample).
+    tagged_references: image id -> tagged references, when already tagged.
+
+  Returns:
+    {"k": [...], "num_images": n, "scores": {scorer: [mean score per k]},
+     "templates": {scorer: str}, "examples": {scorer: [caption per k] for the first image}}.
+  """
+  ids = sorted(references)
+  if tagged_references is None:
+    tagged_references = tag_references(references, ids)
+  ranked = reference_nouns({i: tagged_references[i] for i in ids}, seed)
+  need = max(k_values)
+  eligible = [i for i in ids if len(ranked[i]) >= need]
+  if max_images is not None and len(eligible) > max_images:
+    rng = np.random.default_rng(seed + 1)
+    eligible = sorted(rng.choice(eligible, size=max_images, replace=False).tolist())
+  scores, templates, examples = {}, {}, {}
+  for name, fn in score_fns.items():
+    template = template_for(name)
+    templates[name] = str(template)
+    scores[name] = []
+    for k in k_values:
+      texts = [template.fill(ranked[i][:k]) for i in eligible]
+      scores[name].append(float(np.mean(score_all(fn, texts, eligible))) if eligible
+                          else float("nan"))
+    examples[name] = [template.fill(ranked[eligible[0]][:k]) for k in k_values] if eligible else []
+  return {"k": list(k_values), "num_images": len(eligible), "scores": scores,
+          "templates": templates, "examples": examples}
