@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -53,6 +54,8 @@ def test_fc_store_round_trip_across_shards(tmp_path):
   np.testing.assert_array_equal(column[np.arange(6) > 3], np.stack([want[7], want[2]]))
   np.testing.assert_array_equal(np.asarray(column)[2], want[40])
   assert 40 in store and 41 not in store
+  # A Dataset holding columns may be cached or sent to another process.
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(column))[np.array([0])], [want[13]])
   np.testing.assert_array_equal(store.missing([2, 41, 3]), [41, 3])
   with pytest.raises(features.FeatureError, match=r"2 of 3 image ids have no features.*\[41, 3\]"):
     store.column("fc", [2, 41, 3])

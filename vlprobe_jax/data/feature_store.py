@@ -174,6 +174,17 @@ class FeatureStore:
                   "interrupted. Rerun the same build command to finish it.", path,
                   len(self.ids), len(self._shard_names))
 
+  def __getstate__(self) -> dict:
+    # Memory maps and the lock are per process; a pickled store (a cached Dataset, a worker
+    # process) reopens its shards on first use.
+    state = dict(self.__dict__)
+    state["_arrays"], state["_lock"] = {}, None
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   def _file(self, shard: int, field: str) -> str:
     return os.path.join(self.path, f"{self._shard_names[shard]}.{field}.npy")
 
