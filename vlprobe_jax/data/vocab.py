@@ -1,7 +1,8 @@
 """The captioner's closed vocabulary and label arrays, by the Karpathy / self-critical rules.
 
 Rules (self-critical.pytorch `scripts/prepro_labels.py`): captions are lower-case word lists;
-a word is kept when its count in the training captions is strictly greater than
+a word is kept when its count in the counted captions (self-critical counts every image of
+`dataset_coco.json`; the synthetic world counts its training split) is strictly greater than
 `count_threshold` (5 on COCO), every other word becomes `UNK`; `UNK` is appended last, so its id
 is the largest; ids start at 1 because 0 is BOS, EOS and PAD at once; captions are truncated to
 `max_length` words (16 on COCO). On the Karpathy split of COCO this gives 9,487 words (UNK

@@ -1,0 +1,153 @@
+"""Helpers shared by the config files: argument parsing and the blocks every run has.
+
+Config files are `get_config(arg)` functions. `arg` is the text after the colon in
+`--config=configs/scst_lxmert.py:data=coco,runlocal`: comma-separated `key=value` pairs, or bare
+`key` for True. Any field can then be overridden on the command line: `--config.scst.lr=1e-5`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'data=coco,runlocal' -> ConfigDict(data='coco', runlocal=True), typed by `defaults`.
+
+  Raises:
+    ValueError: an unknown key (the message lists the known ones) or a value of the wrong type.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r} in {arg!r}. Known arguments: "
+                       f"{', '.join(sorted(defaults)) or 'none'}.")
+    default = defaults[key]
+    if not _:  # bare key: a flag
+      value = "True"
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(value)
+        out[key] = value.lower() in ("true", "1")
+      elif isinstance(default, int):
+        out[key] = int(value)
+      elif isinstance(default, float):
+        out[key] = float(value)
+      else:
+        out[key] = value
+    except ValueError as error:
+      raise ValueError(f"Config argument {key}={value!r}: expected a "
+                       f"{type(default).__name__} like {default!r}.") from error
+  return out
+
+
+def captioner_block() -> ml_collections.ConfigDict:
+  """self-critical.pytorch NewFCModel sizes (vocab_size comes from the data)."""
+  return ml_collections.ConfigDict(dict(fc_dim=2048, embed_size=512, rnn_size=512, dropout=0.5,
+                                        dtype="float32"))
+
+
+def xe_block(data: str) -> ml_collections.ConfigDict:
+  """The paper's XE schedule on COCO; a shorter one on the synthetic world."""
+  xe = ml_collections.ConfigDict(dict(
+      lr=5e-4, lr_decay_every_epochs=3, lr_decay_rate=0.8, grad_clip=0.1,
+      images_per_batch=10, epochs=30, total_steps=0,
+      ss_start_epoch=0, ss_increase_every_epochs=5, ss_increase_prob=0.05, ss_max_prob=0.25,
+      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000, init_from=""))
+  if data == "synthetic":
+    xe.update(images_per_batch=20, epochs=6, lr_decay_every_epochs=2,
+              ss_increase_every_epochs=2, log_every_steps=50, eval_every_steps=400,
+              checkpoint_every_steps=200)
+  return xe
+
+
+def eval_block(data: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      method="greedy", beam_size=3, max_length=16 if data == "synthetic" else 20,
+      batch_size=250, suppress_unk=True, spice_dir="", meteor=True))
+
+
+def data_block(data: str) -> ml_collections.ConfigDict:
+  """`data=synthetic` (the embedded world, no downloads) or `data=coco` (paths to fill in)."""
+  if data == "synthetic":
+    from vlprobe_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    return ml_collections.ConfigDict(dict(name="synthetic", world=synthetic.default_world_config(),
+                                          cache_dir=""))
+  if data == "coco":
+    return ml_collections.ConfigDict(dict(
+        name="coco", source="karpathy_json", karpathy_json="", image_dir="", tfds_data_dir="",
+        tfds_name="coco_captions/2014", fc_store="", region_store="", clip_store="",
+        count_threshold=5, max_length=16, captions_per_image=5, vocab_from="all",
+        vocab_json="", image_size=0, on_error="stop", max_images=0))
+  raise ValueError(f"data must be 'synthetic' or 'coco'; found {data!r}.")
+
+
+def base_config(arg: str | None, **extra_args) -> tuple[ml_collections.ConfigDict,
+                                                         ml_collections.ConfigDict]:
+  """The blocks every run has. Returns (config, parsed arg)."""
+  args = parse_arg(arg, data="synthetic", runlocal=False, **extra_args)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.workdir = ""
+  config.data = data_block(args.data)
+  config.captioner = captioner_block()
+  config.xe = xe_block(args.data)
+  config.eval = eval_block(args.data)
+  config.multihost = False
+  return config, args
+
+
+def apply_runlocal(config: ml_collections.ConfigDict) -> None:
+  """A seconds-long smoke run: tiny world, a few steps, small batches."""
+  if config.data.name == "synthetic":
+    config.data.world.update(num_train=60, num_val=20, num_test=20)
+  config.xe.update(epochs=1, total_steps=6, images_per_batch=4, log_every_steps=2,
+                   eval_every_steps=6, checkpoint_every_steps=3)
+  config.eval.update(batch_size=20, meteor=False)
+
+
+def scorer_pretrain_block() -> ml_collections.ConfigDict:
+  """Pretraining of the tiny scorers on the synthetic world (scorers/pretrain.py)."""
+  return ml_collections.ConfigDict(dict(steps=600, batch_size=64, lr=1e-3, warmup_steps=50,
+                                        seed=0, log_every_steps=100, max_text_len=0))
+
+
+def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
+  """The paper's SCST settings on COCO (lr 5e-5, 5 samples, greedy baseline, 20 epochs)."""
+  scst = ml_collections.ConfigDict(dict(
+      scorer=scorer, lr=5e-5, grad_clip=0.1, num_samples=5, baseline="greedy",
+      images_per_batch=10, epochs=20, total_steps=0, max_length=16, temperature=1.0,
+      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000))
+  if data == "synthetic":
+    # A few hundred steps on a CPU: a larger step size than the paper's so the change shows.
+    scst.update(lr=5e-4, epochs=0, total_steps=300, images_per_batch=16, log_every_steps=25,
+                eval_every_steps=100, checkpoint_every_steps=50)
+  return scst
+
+
+SCORERS = ("clip", "lxmert", "uniter", "rosita", "vilbert")
+
+
+def scst_config(arg: str | None, scorer: str) -> ml_collections.ConfigDict:
+  """An SCST run with `scorer`'s match score as the reward (configs/scst_<scorer>.py)."""
+  config, args = base_config(arg, cross_score=True)
+  config.workdir = f"workdir/scst_{scorer}{'_coco' if args.data == 'coco' else ''}"
+  config.stages = "data,scorers,xe,scst,eval,analysis"
+  config.scst = scst_block(args.data, scorer)
+  # Scorers that also score the test captions (the paper's Table 2 cross-scoring).
+  config.scorers = ",".join(SCORERS) if args.cross_score and args.data == "synthetic" else scorer
+  config.scorer_checkpoints = ml_collections.ConfigDict({name: "" for name in SCORERS})
+  config.scorer_pretrain = scorer_pretrain_block()
+  config.scorer_dtype = ""  # "" keeps each scorer's own; "bfloat16" for speed
+  config.trust_pickle = False  # allow full unpickling of .pkl/.pt checkpoints you trust
+  config.analysis = ml_collections.ConfigDict(dict(seed=0, probes=True))
+  if args.runlocal:
+    apply_runlocal(config)
+    config.scst.update(total_steps=4, images_per_batch=4, log_every_steps=2, eval_every_steps=4,
+                       checkpoint_every_steps=2)
+    config.scorer_pretrain.update(steps=4, batch_size=8, log_every_steps=2)
+    config.scorers = scorer
+    config.workdir += "_runlocal"
+  return config

@@ -1,0 +1,141 @@
+"""A scorer ready to use in a run: module, config, params, tokenizer tables, cached image inputs.
+
+`LoadedScorer` gives the two ways a run scores captions:
+  * `reward_fn(scorer_params, word_ids, image_inputs)`: captioner word ids re-tokenized on the
+    device (`scorers.tokens.retokenize`) and scored; pure and jittable, used inside the SCST step;
+  * `score_texts(captions, split)`: strings tokenized by the scorer's real Hugging Face tokenizer
+    on the host, then scored in jitted batches; used for evaluation and by the analysis probes,
+    whose captions may hold words outside the captioner's vocabulary.
+Both give the same ids for captions of the captioner's vocabulary (tests/test_tokens.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import scorers
+from scorers import tokens
+from vlprobe_jax import training
+from vlprobe_jax.data.dataset import Split
+
+
+@dataclasses.dataclass
+class LoadedScorer:
+  """One scorer of a run (see scorers/registry.py for the module contract)."""
+  name: str
+  module: Any
+  config: Any
+  params: Any
+  words: tuple[str, ...]  # the captioner vocabulary the table was built for
+  max_caption_length: int
+  source: str = ""  # where the params came from, for the logs and the report
+
+  def __post_init__(self):
+    self.tokenizer = self.module.tokenizer(self.config)
+    self.fmt = self.module.text_format(self.config)
+    self.table = tokens.build_table(self.words, self.tokenizer, self.fmt)
+    self.width = tokens.max_width(self.table, self.max_caption_length)
+    self._image_cache: dict[str, dict[str, np.ndarray]] = {}
+
+  # -- inside the compiled step --------------------------------------------------------------
+  @functools.cached_property
+  def reward_fn(self):
+    """(scorer_params, word_ids [N, T], image_inputs) -> scores [N]; jittable."""
+    module, config, table, width = self.module, self.config, self.table, self.width
+
+    def reward_fn(scorer_params, word_ids, image_inputs):
+      ids, mask = tokens.retokenize(table, word_ids, width)
+      return module.score(scorer_params, config, ids, mask, image_inputs)
+
+    return reward_fn
+
+  def unrepresentable_words(self) -> list[str]:
+    return tokens.unrepresentable_words(self.words, self.tokenizer, self.fmt)
+
+  # -- image side, once per image ------------------------------------------------------------
+  def image_inputs(self, split: Split, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The scorer's caption-independent inputs for every image of `split` (host arrays, cached)."""
+    if split.name not in self._image_cache:
+      fn = jax.jit(lambda p, images: self.module.image_inputs(p, self.config, images))
+      outputs = []
+      for real, images in training.host_batches(split.scorer_images(), batch_size):
+        out = jax.device_get(fn(self.params, images))
+        outputs.append(jax.tree_util.tree_map(lambda x, r=real: np.asarray(x)[:r], out))
+      self._image_cache[split.name] = jax.tree_util.tree_map(
+          lambda *xs: np.concatenate(xs, axis=0), *outputs)
+    return self._image_cache[split.name]
+
+  # -- host-side scoring of arbitrary strings -------------------------------------------------
+  @functools.cached_property
+  def _score_fn(self):
+    return jax.jit(lambda p, ids, mask, images: self.module.score(p, self.config, ids, mask, images))
+
+  def score_texts(self, captions: list[str], split: Split, image_index: np.ndarray | None = None,
+                  batch_size: int = 256) -> np.ndarray:
+    """Scores of `captions` [N] with the images of `split` at `image_index` (default 0..N-1)."""
+    if image_index is None:
+      image_index = np.arange(len(captions))
+    image_index = np.asarray(image_index)
+    if len(image_index) != len(captions):
+      raise ValueError(f"score_texts: {len(captions)} captions but {len(image_index)} image "
+                       "indices; give one image per caption.")
+    images = self.image_inputs(split)
+    encoded = self.tokenizer([self.fmt.text(c) for c in captions], truncation=True,
+                             max_length=self.fmt.max_length, padding="max_length",
+                             return_tensors="np")
+    ids = np.asarray(encoded["input_ids"], np.int32)
+    mask = np.asarray(encoded["attention_mask"], np.int32)
+    ids = np.where(mask > 0, ids, self.fmt.pad_id)
+    # Only as wide as the longest caption: fewer padded positions, same scores.
+    width = max(int(mask.sum(axis=1).max()), 2) if len(captions) else 2
+    ids, mask = ids[:, :width], mask[:, :width]
+    out = []
+    arrays = {"ids": ids, "mask": mask, "index": image_index}
+    for real, batch in training.host_batches(arrays, batch_size):
+      batch_images = jax.tree_util.tree_map(lambda x, b=batch: x[b["index"]], images)
+      scores = self._score_fn(self.params, batch["ids"], batch["mask"], batch_images)
+      out.append(np.asarray(scores)[:real])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def load_scorers(config, names: list[str], dataset, workdir: str) -> dict[str, LoadedScorer]:
+  """Loads (real checkpoints) or pretrains (synthetic world) every scorer in `names`.
+
+  A real checkpoint is used when `config.scorer_checkpoints.<name>` is set; otherwise, on the
+  synthetic world, the tiny scorer pretrained on it and cached in `<workdir>/scorers/<name>`.
+  Captioner words the scorer's tokenizer cannot represent are reported once, here.
+  """
+  loaded = {}
+  checkpoints = config.get("scorer_checkpoints") or {}
+  for name in names:
+    module = scorers.get(name)
+    path = checkpoints.get(name, "") if hasattr(checkpoints, "get") else ""
+    if path:
+      scorer_config, params = module.load(path, trust_pickle=config.get("trust_pickle", False))
+      source = path
+    elif dataset.splits["train"].pixels is not None or dataset.splits["train"].region_feats is not None:
+      from scorers import pretrain  # pylint: disable=g-import-not-at-top
+      scorer_config, params, source = pretrain.pretrained_for_world(
+          config, module, dataset, os.path.join(workdir, "scorers", name))
+    else:
+      raise ValueError(
+          f"No checkpoint for scorer {name!r}: set --config.scorer_checkpoints.{name}=/path "
+          "(see docs/coco.md for the formats each scorer reads).")
+    if hasattr(scorer_config, "dtype") and config.get("scorer_dtype"):
+      scorer_config = dataclasses.replace(scorer_config, dtype=config.scorer_dtype)
+    scorer = LoadedScorer(name, module, scorer_config, jax.tree_util.tree_map(jnp.asarray, params),
+                          dataset.vocab.words, config.eval.max_length, source)
+    missing = scorer.unrepresentable_words()
+    if missing:
+      shown = ", ".join(missing[:30]) + (" ..." if len(missing) > 30 else "")
+      print(f"[scorers] {name}: {len(missing)} captioner word(s) map to the tokenizer's UNK or "
+            f"to nothing, so {name} cannot tell them apart: {shown}", flush=True)
+    loaded[name] = scorer
+  return loaded
