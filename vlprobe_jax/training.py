@@ -56,14 +56,14 @@ def unreplicate(tree: Any) -> Any:
   return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
 
-def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
-  """[B, ...] -> [num_devices, B / num_devices, ...]; B must divide evenly."""
+def shard(batch: Any, num_devices: int) -> Any:
+  """Every leaf [B, ...] -> [num_devices, B / num_devices, ...]; B must divide evenly."""
   def split(x):
     if x.shape[0] % num_devices:
       raise ValueError(f"A batch of {x.shape[0]} does not split over {num_devices} devices; "
                        "choose images_per_batch divisible by the number of devices.")
     return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-  return {k: split(v) for k, v in batch.items()}
+  return jax.tree_util.tree_map(split, batch)
 
 
 def device_keys(rng: jax.Array, step: int, num_devices: int) -> jax.Array:
