@@ -171,7 +171,8 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
      "table": {scorer: {"template": str, "ce": mean, "recons": mean}},
      "matrix": {template owner: {scorer: mean}},  (every template under every scorer)
      "examples": {template owner: [(XE caption, reconstruction)] (first 3)}}.
-    A template owner is a scorer name, or "default" for DEFAULT_TEMPLATE.
+    A template owner is a scorer name of TEMPLATES, or "default" for DEFAULT_TEMPLATE (which
+    also stands for every scorer the paper did not probe).
   """
   ids = sorted(captions)
   if tagged is None:
@@ -179,9 +180,10 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
   kept = [i for i in ids if tagged[i].nouns()]
   nouns = [_unique(tagged[i].nouns()) for i in kept]
   base = [" ".join(tagged[i].words) for i in kept]
-  owners = {name: template_for(name) for name in score_fns}
-  if DEFAULT_TEMPLATE not in owners.values():
-    owners["default"] = DEFAULT_TEMPLATE
+  # One row per distinct template: a scorer's own, or "default" for those the paper lacks.
+  owner_of = {name: name if name.lower() in TEMPLATES else "default" for name in score_fns}
+  owners = {owner: TEMPLATES.get(owner.lower(), DEFAULT_TEMPLATE)
+            for owner in list(owner_of.values()) + ["default"]}
   built = {owner: [t.fill(n) for n in nouns] for owner, t in owners.items()}
   matrix = {owner: {} for owner in owners}
   table = {}
@@ -189,7 +191,8 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
     ce = float(np.mean(score_all(fn, base, kept))) if kept else float("nan")
     for owner, texts in built.items():
       matrix[owner][name] = float(np.mean(score_all(fn, texts, kept))) if kept else float("nan")
-    table[name] = {"template": str(owners[name]), "ce": ce, "recons": matrix[name][name]}
+    table[name] = {"template": str(owners[owner_of[name]]), "ce": ce,
+                   "recons": matrix[owner_of[name]][name]}
   examples = {owner: list(zip(base[:3], texts[:3])) for owner, texts in built.items()}
   return {"num_captions": len(kept), "table": table, "matrix": matrix, "examples": examples}
 
