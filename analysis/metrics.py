@@ -51,7 +51,7 @@ def _check(candidates: Mapping[int, str], references: Mapping[int, Sequence[str]
                      "of the candidates (e.g. the test split's).")
 
 
-def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+def tokenize_ptb(texts: Sequence[str]) -> list[str]:
   """coco-caption's tokenization: Stanford PTBTokenizer (lower-cased), punctuation removed."""
   jar = os.path.join(_package_dir("tokenizer"), "stanford-corenlp-3.4.1.jar")
   with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
@@ -74,7 +74,7 @@ def _gts_res(candidates, references, tokenize):
   gts = {i: list(references[i]) for i in ids}
   if tokenize:
     flat = [c for i in ids for c in gts[i]]
-    tokens = ptb_tokenize(flat + [res[i][0] for i in ids])
+    tokens = tokenize_ptb(flat + [res[i][0] for i in ids])
     it = iter(tokens)
     gts = {i: [next(it) for _ in gts[i]] for i in ids}
     res = {i: [next(it)] for i in ids}

@@ -30,6 +30,7 @@ from analysis.pos import NOUN_TAGS, TaggedCaption, tag_captions
 
 ScoreFn = Callable[[list[str], list[int]], np.ndarray]
 SLOT = "NOUN"
+CAPTIONER_UNK = "UNK"  # vlprobe_jax.data.vocab.UNK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,11 @@ TEMPLATES = {
 }
 # For a scorer the paper did not probe: noun phrases joined by a plain conjunction.
 DEFAULT_TEMPLATE = Template(("a", SLOT), ("and", "a", SLOT))
+
+
+def visual_words(tagged: TaggedCaption) -> list[str]:
+  """The caption's nouns, without the captioner's UNK (an unknown word is no visual word)."""
+  return [n for n in tagged.nouns() if n != CAPTIONER_UNK]
 
 
 def template_for(scorer: str) -> Template:
@@ -177,8 +183,8 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
   ids = sorted(captions)
   if tagged is None:
     tagged = dict(zip(ids, tag_captions([captions[i] for i in ids])))
-  kept = [i for i in ids if tagged[i].nouns()]
-  nouns = [_unique(tagged[i].nouns()) for i in kept]
+  kept = [i for i in ids if visual_words(tagged[i])]
+  nouns = [_unique(visual_words(tagged[i])) for i in kept]
   base = [" ".join(tagged[i].words) for i in kept]
   # One row per distinct template: a scorer's own, or "default" for those the paper lacks.
   owner_of = {name: name if name.lower() in TEMPLATES else "default" for name in score_fns}
@@ -218,6 +224,7 @@ def word_pools(tagged: Iterable[TaggedCaption]) -> tuple[list[str], list[str]]:
     for w, p in zip(t.words, t.pos):
       total[w] += 1
       noun_count[w] += p in NOUN_TAGS
+  total.pop(CAPTIONER_UNK, None)
   nouns = sorted(w for w in total if 2 * noun_count[w] > total[w])
   others = sorted(w for w in total if noun_count[w] == 0)
   return nouns, others
@@ -232,7 +239,7 @@ def reference_nouns(tagged_references: Mapping[int, Sequence[TaggedCaption]],
   rng = np.random.default_rng(seed)
   out = {}
   for i in sorted(tagged_references):
-    mentions = collections.Counter(n for t in tagged_references[i] for n in set(t.nouns()))
+    mentions = collections.Counter(n for t in tagged_references[i] for n in set(visual_words(t)))
     words = sorted(mentions)
     tiebreak = dict(zip(words, rng.permutation(len(words))))
     out[i] = sorted(words, key=lambda w: (-mentions[w], tiebreak[w]))

@@ -64,8 +64,10 @@ def _run_metrics(run: Run, corpus: Corpus, recompute: bool, **kwargs) -> dict:
   stored = run.metrics or {}
   if stored and not recompute:
     out = {m: stored.get(m) for m in metrics_lib.METRIC_NAMES}
-    out["notes"] = ["from metrics.json"] + (["SPICE unavailable: null in metrics.json"]
-                                            if out["SPICE"] is None else [])
+    notes = list(stored.get("notes", []))
+    if out["SPICE"] is None and not any(n.startswith("SPICE") for n in notes):
+      notes.append("SPICE unavailable: null in metrics.json")
+    out["notes"] = ["from metrics.json"] + notes
     return out
   known = {i: c for i, c in run.captions.items() if i in corpus.references}
   if not known:

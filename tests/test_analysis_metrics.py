@@ -65,7 +65,7 @@ def test_missing_references_are_explained():
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and PTB need Java")
 def test_meteor_and_ptb_tokenizer():
   """The one test that starts METEOR (~10-40 s of Java start-up)."""
-  assert metrics.ptb_tokenize(["A Dog, on a bed.", "it's red"]) == ["a dog on a bed", "it 's red"]
+  assert metrics.tokenize_ptb(["A Dog, on a bed.", "it's red"]) == ["a dog on a bed", "it 's red"]
   good = metrics.caption_metrics(GOOD, REFERENCES, include_meteor=True, ptb_tokenize=True)
   bad = metrics.caption_metrics(BAD, REFERENCES, include_meteor=True)
   assert 0.9 < good["METEOR"] <= 1.0

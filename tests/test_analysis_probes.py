@@ -132,3 +132,11 @@ def test_word_pools_split_by_majority_tag():
 def test_score_function_shape_is_checked():
   with pytest.raises(ValueError, match="one score per caption"):
     probes.score_all(lambda c, i: np.zeros((len(c), 2)), ["a dog"], [1])
+
+
+def test_captioner_unk_is_no_visual_word():
+  (tagged,) = probes.tag_captions(["a UNK on a bed"])
+  assert "UNK" in tagged.nouns()  # spaCy calls it a (proper) noun ...
+  assert probes.visual_words(tagged) == ["bed"]  # ... but it shows nothing of the image
+  out = probes.template_probe({10: "a UNK on a bed"}, {"lxmert": length_scorer})
+  assert out["examples"]["lxmert"] == [("a UNK on a bed", "a bed")]
