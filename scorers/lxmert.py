@@ -1,0 +1,424 @@
+"""LXMERT (Tan & Bansal 2019) as an image-text matching scorer, in Flax.
+
+Two streams over BERT-style layers: `l_layers` language layers (`encoder.layer.N`),
+`r_layers` object-relationship layers over the region features (`encoder.r_layers.N`), then
+`x_layers` cross-modality layers (`encoder.x_layers.N`: one cross-attention `visual_attention`
+shared by both directions, per-modality self-attention, per-modality feed-forward). Regions
+enter through `encoder.visn_fc`: LN(Linear(feature)) and LN(Linear(box)) averaged. The ITM head
+`cls.seq_relationship` on the tanh pooler of the language [CLS] gives `cross_relationship_score`
+[N, 2]; index 1 means "matched" (pretraining label is_matched = 1), so the score is
+100 * softmax(logits)[:, 1].
+
+Module names follow Hugging Face `LxmertForPreTraining` (`lxmert.*`, `cls.*`); the original
+airsplay/lxmert snapshots (`Epoch20_LXRT.pth`) hold the same tree under `bert.*`, sometimes
+behind a DataParallel `module.` prefix. Facts: shared/REFERENCE.md section 3.2.
+
+The visual encoder and the r-layers never see the caption, so `image_inputs` runs them once per
+image and `score` runs only the language and cross-modality layers. With 5 samples and a greedy
+caption per image this saves about a fifth of the scorer's FLOPs in the SCST step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scorers import common
+from scorers import layers
+
+NAME = "lxmert"
+OBJECTIVE = "itm"
+MATCH_INDEX = 1
+
+# BERT-base-uncased specials: LXMERT feeds [CLS] words [SEP], zero-padded, segment ids 0.
+CLS_ID, SEP_ID, PAD_ID = 101, 102, 0
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """LXMERT sizes and text settings. Defaults are the released base model (`unc-nlp`)."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  l_layers: int = 9
+  r_layers: int = 5
+  x_layers: int = 5
+  visual_feat_dim: int = 2048
+  visual_pos_dim: int = 4
+  max_position: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  max_text_len: int = 20  # LXMERT pretraining max_seq_length, [CLS]/[SEP] included.
+  dtype: str = "float32"  # Compute dtype; params stay float32.
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+_VARIANTS = {"base": Config()}
+
+
+def default_config(variant: str | None = None) -> Config:
+  """The released LXMERT sizes (9 language, 5 relationship, 5 cross layers; 768 wide)."""
+  variant = variant or "base"
+  if variant not in _VARIANTS:
+    raise ValueError(f"scorers/lxmert.py: unknown variant {variant!r}; known: "
+                     f"{', '.join(sorted(_VARIANTS))}.")
+  return _VARIANTS[variant]
+
+
+def tiny_config() -> Config:
+  """A few narrow layers for tests and the synthetic world; keeps the real BERT vocabulary."""
+  return Config(hidden_size=32, num_heads=4, intermediate_size=64, l_layers=2, r_layers=1,
+                x_layers=2)
+
+
+# ------------------------------------------------------------------------------------------
+# The model.
+
+
+class CrossAttentionLayer(nn.Module):
+  """`att` (queries from one stream, keys/values from the other) + `output` residual block."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, hidden, context, context_bias, deterministic: bool = True):
+    c = self.config
+    attended = layers.BertSelfAttention(c.hidden_size, c.num_heads, c.dropout_rate,
+                                        c.compute_dtype, name="att")(
+                                            hidden, context, context_bias, deterministic)
+    return layers.BertResidualOutput(c.hidden_size, c.dropout_rate, c.compute_dtype,
+                                     name="output")(attended, hidden, deterministic)
+
+
+class XLayer(nn.Module):
+  """One cross-modality layer: cross-attention, then self-attention, then FFN, per stream."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, lang, lang_bias, visn, visn_bias, deterministic: bool = True):
+    c, dtype = self.config, self.config.compute_dtype
+    # One module, called in both directions: the original shares these weights on purpose.
+    cross = CrossAttentionLayer(c, name="visual_attention")
+    lang, visn = (cross(lang, visn, visn_bias, deterministic),
+                  cross(visn, lang, lang_bias, deterministic))
+    self_att = lambda name: layers.BertAttention(c.hidden_size, c.num_heads, c.dropout_rate,
+                                                 dtype, name=name)
+    lang = self_att("lang_self_att")(lang, lang_bias, deterministic=deterministic)
+    visn = self_att("visn_self_att")(visn, visn_bias, deterministic=deterministic)
+
+    def ffn(x, prefix):
+      inner = layers.BertIntermediate(c.intermediate_size, dtype, name=f"{prefix}_inter")(x)
+      return layers.BertResidualOutput(c.hidden_size, c.dropout_rate, dtype,
+                                       name=f"{prefix}_output")(inner, x, deterministic)
+
+    return ffn(lang, "lang"), ffn(visn, "visn")
+
+
+class VisualFeatEncoder(nn.Module):
+  """(LN(`visn_fc`(features)) + LN(`box_fc`(boxes))) / 2 -> dropout."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, feats, boxes, deterministic: bool = True):
+    c, dtype = self.config, self.config.compute_dtype
+    x = layers.dense(c.hidden_size, "visn_fc", dtype)(feats)
+    x = layers.layer_norm("visn_layer_norm", dtype)(x)
+    y = layers.dense(c.hidden_size, "box_fc", dtype)(boxes)
+    y = layers.layer_norm("box_layer_norm", dtype)(y)
+    return nn.Dropout(c.dropout_rate)((x + y) / 2, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  """`encoder.*`: the visual feature encoder and the three layer stacks."""
+  config: Config
+
+  def setup(self):
+    c = self.config
+    bert_layer = lambda: layers.BertLayer(c.hidden_size, c.num_heads, c.intermediate_size,
+                                          c.dropout_rate, c.compute_dtype)
+    self.visn_fc = VisualFeatEncoder(c)
+    # List attributes become `layer_0`, `r_layers_0`, ...: the checkpoint's `layer.0`, ...
+    self.layer = [bert_layer() for _ in range(c.l_layers)]
+    self.r_layers = [bert_layer() for _ in range(c.r_layers)]
+    self.x_layers = [XLayer(c) for _ in range(c.x_layers)]
+
+  def encode_image(self, feats, boxes, visn_bias, deterministic: bool = True):
+    """feats: [N, R, F]; boxes: [N, R, 4]; visn_bias: [N, 1, 1, R] -> [N, R, hidden]."""
+    visn = self.visn_fc(feats, boxes, deterministic)
+    for layer in self.r_layers:
+      visn = layer(visn, visn_bias, deterministic)
+    return visn
+
+  def cross(self, lang, lang_bias, visn, visn_bias, deterministic: bool = True):
+    """lang: [N, T, hidden] embeddings; visn: [N, R, hidden] from `encode_image`."""
+    for layer in self.layer:
+      lang = layer(lang, lang_bias, deterministic)
+    for layer in self.x_layers:
+      lang, visn = layer(lang, lang_bias, visn, visn_bias, deterministic)
+    return lang, visn
+
+
+class Backbone(nn.Module):
+  """`lxmert.*` (HF) / `bert.*` (original): embeddings, encoder, pooler."""
+  config: Config
+
+  def setup(self):
+    c = self.config
+    self.embeddings = layers.BertTextEmbeddings(c.vocab_size, c.hidden_size, c.max_position,
+                                                c.type_vocab_size, c.dropout_rate,
+                                                c.compute_dtype)
+    self.encoder = Encoder(c)
+    self.pooler = layers.BertPooler(c.hidden_size, c.compute_dtype)
+
+
+class ITMHead(nn.Module):
+  """`cls.seq_relationship`; the MLM head next to it in `cls.predictions` is not ported."""
+
+  @nn.compact
+  def __call__(self, pooled):
+    return layers.dense(2, "seq_relationship", pooled.dtype)(pooled)
+
+
+class Model(nn.Module):
+  """LXMERT with its ITM head.
+
+  `__call__(text_ids, text_mask, image_inputs, deterministic=True)`:
+    text_ids, text_mask: [N, T] int32 ([CLS] words [SEP], zero-padded; mask 1 on real tokens).
+    image_inputs: either raw regions {"region_feats": [N, R, F], "region_boxes": [N, R, 4],
+      "region_mask": [N, R]} or the output of `image_inputs()` {"visual_hidden": [N, R, hidden],
+      "region_mask": [N, R]} (regions already through `visn_fc` and the r-layers).
+  Returns (cross_relationship_score [N, 2] float32, out) with out["pooled_output"] [N, hidden],
+  out["language_output"] [N, T, hidden], out["vision_output"] [N, R, hidden].
+  """
+  config: Config
+
+  def setup(self):
+    self.lxmert = Backbone(self.config)
+    self.cls = ITMHead()
+
+  def encode_image(self, region_feats, region_boxes, region_mask, deterministic: bool = True):
+    """The caption-independent part: -> [N, R, hidden] in the compute dtype."""
+    bias = layers.attention_bias(region_mask, self.config.compute_dtype)
+    return self.lxmert.encoder.encode_image(region_feats, region_boxes, bias, deterministic)
+
+  def match(self, text_ids, text_mask, visual_hidden, region_mask, deterministic: bool = True):
+    """Language and cross layers, pooler and ITM head on already encoded regions."""
+    dtype = self.config.compute_dtype
+    lang = self.lxmert.embeddings(text_ids, deterministic=deterministic)
+    lang, visn = self.lxmert.encoder.cross(
+        lang, layers.attention_bias(text_mask, dtype), visual_hidden,
+        layers.attention_bias(region_mask, dtype), deterministic)
+    pooled = self.lxmert.pooler(lang)
+    logits = self.cls(pooled).astype(jnp.float32)
+    return logits, {"pooled_output": pooled, "language_output": lang, "vision_output": visn}
+
+  def __call__(self, text_ids, text_mask, image_inputs, deterministic: bool = True):
+    mask = image_inputs["region_mask"]
+    visual = image_inputs.get("visual_hidden")
+    if visual is None:
+      visual = self.encode_image(image_inputs["region_feats"], image_inputs["region_boxes"], mask,
+                                 deterministic)
+    return self.match(text_ids, text_mask, visual, mask, deterministic)
+
+
+# ------------------------------------------------------------------------------------------
+# The scorer contract (scorers/registry.py).
+
+
+def _regions(config: Config, images: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Checks the data's region dict and casts it for the model (mask defaults to all regions)."""
+  missing = [k for k in ("region_feats", "region_boxes") if k not in images]
+  if missing:
+    raise KeyError(
+        f"scorers/lxmert.py: images lacks {missing}; found keys {sorted(images)}. LXMERT scores "
+        "region features: give the split a region source (e.g. the obj36 TSV reader).")
+  feats, boxes = images["region_feats"], images["region_boxes"]
+  if feats.shape[-1] != config.visual_feat_dim or boxes.shape[-1] != config.visual_pos_dim:
+    raise ValueError(
+        f"scorers/lxmert.py: region_feats {feats.shape} / region_boxes {boxes.shape} must end in "
+        f"{config.visual_feat_dim} / {config.visual_pos_dim} (Config.visual_feat_dim / "
+        "visual_pos_dim); use features from the detector the checkpoint was trained on.")
+  mask = images.get("region_mask")
+  if mask is None:  # The original LXMERT always had 36 real regions and no mask.
+    mask = jnp.ones(feats.shape[:2], jnp.int32)
+  dtype = config.compute_dtype
+  return {"region_feats": jnp.asarray(feats, dtype), "region_boxes": jnp.asarray(boxes, dtype),
+          "region_mask": jnp.asarray(mask, jnp.int32)}
+
+
+def init_params(config: Config, rng: jax.Array):
+  """Random parameters (the `params` collection), float32."""
+  text = jnp.zeros((1, 4), jnp.int32)
+  images = {"region_feats": jnp.zeros((1, 3, config.visual_feat_dim), jnp.float32),
+            "region_boxes": jnp.zeros((1, 3, config.visual_pos_dim), jnp.float32),
+            "region_mask": jnp.ones((1, 3), jnp.int32)}
+  return Model(config).init(rng, text, jnp.ones_like(text), images)["params"]
+
+
+def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Runs the caption-independent layers once per image.
+
+  Args:
+    images: "region_feats" [N, R, 2048], "region_boxes" [N, R, 4] (x1/W, y1/H, x2/W, y2/H),
+      "region_mask" [N, R] (1 = real region; optional, all real when absent).
+
+  Returns:
+    {"visual_hidden": [N, R, hidden] compute dtype, "region_mask": [N, R] int32}.
+  """
+  regions = _regions(config, images)
+  visual = Model(config).apply({"params": params}, regions["region_feats"],
+                               regions["region_boxes"], regions["region_mask"],
+                               method=Model.encode_image)
+  return {"visual_hidden": visual, "region_mask": regions["region_mask"]}
+
+
+def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
+  """100 x ITM match probability, [N] float32. Pure and jittable (config static)."""
+  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
+  return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
+
+
+def pretrain_loss(params, config: Config, batch, rng: jax.Array):
+  """ITM cross-entropy with dropout on; batch["match"] [N] int32, 1 = the caption fits.
+
+  Returns (loss, {"accuracy": ...}).
+  """
+  logits, _ = Model(config).apply(
+      {"params": params}, batch["text_ids"], batch["text_mask"], _regions(config, batch["images"]),
+      deterministic=False, rngs={"dropout": rng})
+  loss, accuracy = common.itm_loss(logits, batch["match"], MATCH_INDEX)
+  return loss, {"accuracy": accuracy}
+
+
+def tokenizer(config: Config):
+  """The bert-base-uncased tokenizer from the bundled vocabulary."""
+  from scorers import tokens  # Imported here: tokens.py pulls in transformers.
+  del config  # Every LXMERT checkpoint uses the same uncased vocabulary.
+  return tokens.bert_tokenizer(cased=False)
+
+
+def text_format(config: Config):
+  """[CLS] words [SEP], zero-padded, truncated to `config.max_text_len` (specials included)."""
+  from scorers import tokens
+  return tokens.TextFormat(bos_id=CLS_ID, eos_id=SEP_ID, pad_id=PAD_ID,
+                           max_length=config.max_text_len)
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints.
+
+# Heads of LxmertForPreTraining that the scorer does not use, and a buffer some HF versions save.
+_IGNORED = (r"cls\.predictions\..*", r"obj_predict_head\..*", r"answer_head\..*",
+            r"(lxmert|bert)\.embeddings\.position_ids")
+
+# Config field -> HF config.json key.
+_HF_FIELDS = {
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size", "l_layers": "l_layers", "r_layers": "r_layers",
+    "x_layers": "x_layers", "visual_feat_dim": "visual_feat_dim",
+    "visual_pos_dim": "visual_pos_dim", "max_position": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size", "dropout_rate": "hidden_dropout_prob",
+}
+
+
+def _config_from_hf(path: str) -> Config:
+  with open(path) as f:
+    hf = json.load(f)
+  act = hf.get("hidden_act", "gelu")
+  if act != "gelu":
+    raise ValueError(f"{path}: hidden_act is {act!r}; this port implements only 'gelu' (erf), "
+                     "the activation of every released LXMERT.")
+  base = default_config()
+  return dataclasses.replace(base, **{field: type(getattr(base, field))(hf[key])
+                                      for field, key in _HF_FIELDS.items() if key in hf})
+
+
+def _read_hf_weights(directory: str, trust_pickle: bool) -> tuple[dict[str, Any], str]:
+  """The state dict of an HF model directory (single or sharded safetensors, or .bin)."""
+  from safetensors.torch import load_file  # Only conversion needs torch.
+
+  single = os.path.join(directory, "model.safetensors")
+  index = os.path.join(directory, "model.safetensors.index.json")
+  binary = os.path.join(directory, "pytorch_model.bin")
+  if os.path.exists(single):
+    return load_file(single), single
+  if os.path.exists(index):
+    with open(index) as f:
+      shards = sorted(set(json.load(f)["weight_map"].values()))
+    state = {}
+    for shard in shards:
+      state.update(load_file(os.path.join(directory, shard)))
+    return state, index
+  if os.path.exists(binary):
+    return common.load_torch_file(binary, trust_pickle=trust_pickle), binary
+  raise FileNotFoundError(
+      f"scorers/lxmert.py: {directory} has config.json but no model.safetensors, "
+      f"model.safetensors.index.json or pytorch_model.bin (found {sorted(os.listdir(directory))}). "
+      "Copy the weights of unc-nlp/lxmert-base-uncased into it.")
+
+
+def _rename(key: str) -> str:
+  """Original `bert.*` -> HF `lxmert.*`; everything else already matches the Flax tree."""
+  return "lxmert." + key[len("bert."):] if key.startswith("bert.") else key
+
+
+def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
+  """Reads an LXMERT checkpoint: an HF directory or an original airsplay `.pth` state dict.
+
+  Args:
+    path: a directory with `config.json` and weights (`unc-nlp/lxmert-base-uncased` layout,
+      keys `lxmert.*`, `cls.*`, `obj_predict_head.*`, `answer_head.*`), or a file written by
+      `torch.save(state_dict)` (`Epoch20_LXRT.pth`: keys `bert.*`, `cls.*`, ..., optionally
+      behind `module.`), or a `.safetensors` file with either layout.
+    config: the sizes to build; default: the directory's config.json, else the base sizes.
+    trust_pickle: allow a full unpickle of `.pth`/`.bin` files (runs code from the file).
+
+  Returns:
+    (config, params) with float32 params.
+
+  Raises:
+    common.CheckpointMismatch: keys missing, unexpected or of the wrong shape (all listed).
+  """
+  if os.path.isdir(path):
+    config_json = os.path.join(path, "config.json")
+    if config is None:
+      if not os.path.exists(config_json):
+        raise FileNotFoundError(f"scorers/lxmert.py: {path} is a directory without config.json; "
+                                "pass an HF model directory or a .pth file.")
+      config = _config_from_hf(config_json)
+    state, source = _read_hf_weights(path, trust_pickle)
+  else:
+    if path.endswith(".safetensors"):
+      from safetensors.torch import load_file
+      state = load_file(path)
+    else:
+      state = common.load_torch_file(path, trust_pickle=trust_pickle)
+    source, config = path, config or default_config()
+  if not isinstance(state, Mapping):
+    raise ValueError(f"scorers/lxmert.py: {source} holds a {type(state).__name__}, expected a "
+                     "state dict (name -> tensor) as written by torch.save(model.state_dict()).")
+
+  state = common.strip_prefix(common.state_dict_to_numpy(state), "module.")
+  ignored = [k for k in state if any(re.fullmatch(p, k) for p in _IGNORED)]
+  if ignored:
+    heads = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in ignored})
+    _log.info("%s: ignoring %d tensors the scorer does not use (%s).", source, len(ignored),
+              ", ".join(heads))
+  template = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
+  params = common.torch_to_flax(state, template, source=source, rename=_rename,
+                                ignore=_IGNORED)
+  return config, jax.tree.map(jnp.asarray, params)
