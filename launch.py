@@ -42,11 +42,11 @@ def main(argv):
     with config.unlocked():
       config.workdir = _WORKDIR.value
   print(f"[launch] devices: {jax.device_count()} x {jax.devices()[0].platform} "
-        f"(process {jax.process_index()} of {jax.process_count()}); workdir {config.workdir}",
-        flush=True)
-  if config.get("entry") == "analysis":
-    from analysis import report  # pylint: disable=g-import-not-at-top
-    summary = report.run_from_config(config)
+        f"(process {jax.process_index()} of {jax.process_count()}); "
+        f"workdir {config.get('workdir') or config.get('out_dir') or '-'}", flush=True)
+  if "runs" in config and "captions" in config:  # configs/analysis.py
+    from vlprobe_jax import reporting  # pylint: disable=g-import-not-at-top
+    summary = reporting.run_standalone(config)
   elif config.get("entry") == "bench_reward":
     from vlprobe_jax import bench  # pylint: disable=g-import-not-at-top
     summary = bench.run(config)

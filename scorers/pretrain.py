@@ -88,7 +88,12 @@ def evaluate(module, scorer_config, params, split, seed: int = 0, batch: int = 1
     images = jax.jit(lambda p, i: module.image_inputs(p, scorer_config, i))(params, data["images"])
     scores = module.score(params, scorer_config, data["text_ids"], data["text_mask"], images)
     return float(np.mean((np.asarray(scores) > 50.0) == (data["match"] == 1)))
-  return float(metrics["accuracy"])
+  return float(_accuracy(metrics))
+
+
+def _accuracy(metrics) -> jax.Array:
+  """The batch accuracy a scorer's pretrain_loss reports (CLIP: image->text retrieval)."""
+  return metrics["accuracy"] if "accuracy" in metrics else metrics["accuracy/image_to_text"]
 
 
 def pretrain(config, module, dataset, directory: str):
@@ -118,7 +123,7 @@ def pretrain(config, module, dataset, directory: str):
     batch = _batch(module, scorer_config, train_split, *pairs)
     params, opt_state, loss, metrics = step(params, opt_state, batch, jax.random.fold_in(rng, i))
     if (i + 1) % pcfg.log_every_steps == 0 or i + 1 == pcfg.steps:
-      progress.report(i + 1, {"loss": float(loss), "batch acc": float(metrics["accuracy"])})
+      progress.report(i + 1, {"loss": float(loss), "batch acc": float(_accuracy(metrics))})
   accuracy = evaluate(module, scorer_config, params, val_split)
   chance = 0.5 if module.OBJECTIVE == "itm" else 1.0 / min(100, len(val_split))
   summary = {"scorer": module.NAME, "objective": module.OBJECTIVE, "val_accuracy": accuracy,

@@ -14,7 +14,11 @@ CACHE_VERSION = 1
 
 
 def _world_key(world_config) -> str:
-  text = json.dumps({"v": CACHE_VERSION, **world_config.to_dict()}, sort_keys=True, default=str)
+  from vlprobe_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+  # The generator's version is part of the key, so a changed generator never reuses an old cache.
+  text = json.dumps({"v": CACHE_VERSION, "generator": synthetic.GENERATOR_VERSION,
+                     **world_config.to_dict()}, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -1,0 +1,108 @@
+"""Connects the analysis suite (`analysis/`) to runs: corpus, score functions, out dirs.
+
+Two ways in:
+  * at the end of every SCST run (`stages.run`, stage "analysis"): the run's own XE and SCST
+    test captions, scored by the run's scorers;
+  * on its own (`python launch.py --config=configs/analysis.py:runs=<dir>,<dir>`): any finished
+    workdirs and captions files, with the data and scorers of the first workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from vlprobe_jax import scoring
+from vlprobe_jax import stages
+from vlprobe_jax.data import sources
+from vlprobe_jax.data.dataset import Split
+
+
+def score_fns_for(scorers: dict[str, scoring.LoadedScorer], split: Split) -> dict:
+  """`{name: fn(captions, image_ids) -> scores}` over the images of `split`."""
+  position = {int(i): n for n, i in enumerate(split.image_ids)}
+
+  def make(scorer):
+    def score_fn(captions, image_ids):
+      missing = [i for i in image_ids if int(i) not in position]
+      if missing:
+        raise KeyError(f"image ids {missing[:5]} are not in the {split.name} split that the "
+                       f"{scorer.name} scorer scores against.")
+      index = np.array([position[int(i)] for i in image_ids], np.int64)
+      return scorer.score_texts(list(captions), split, index)
+    return score_fn
+
+  return {name: make(scorer) for name, scorer in scorers.items()}
+
+
+def _analysis_config(arg: str, out_dir: str, config) -> ml_collections.ConfigDict:
+  from configs import analysis as analysis_config  # pylint: disable=g-import-not-at-top
+
+  acfg = analysis_config.get_config(arg)
+  acfg.out_dir = out_dir
+  acfg.include_meteor = bool(config.eval.get("meteor", True))
+  if config.eval.get("spice_dir"):
+    acfg.spice_dir = config.eval.spice_dir
+  if config.get("analysis") is not None:
+    acfg.seed = config.analysis.get("seed", 0)
+    acfg.probes.enabled = bool(config.analysis.get("probes", True))
+  return acfg
+
+
+def analyse_workdir(config, dataset, scorers: dict, workdir: str) -> dict:
+  """The analysis of one run's workdir, written to `<workdir>/analysis/`."""
+  from analysis import report  # pylint: disable=g-import-not-at-top
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+
+  out_dir = os.path.join(workdir, "analysis")
+  acfg = _analysis_config(f"runs={workdir}", out_dir, config)
+  corpus = runs_lib.Corpus.from_dataset(dataset)
+  print(f"[analysis] writing the report to {out_dir} ...", flush=True)
+  result = report.run_from_config(acfg, corpus, score_fns_for(scorers, dataset["test"]))
+  print(f"[analysis] report: {os.path.join(out_dir, 'report.md')}", flush=True)
+  return {"report": os.path.join(out_dir, "report.md")}
+
+
+def _run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: it is not a launch.py workdir. Pass "
+                            "finished run directories with runs=<dir>,<dir>.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run_standalone(acfg) -> dict:
+  """`launch.py --config=configs/analysis.py:...`: data, scorers and corpus from the workdirs.
+
+  The data (test references, training captions) is the first workdir's; each scorer is the one
+  cached in the first workdir that has it (`<workdir>/scorers/<name>`), or its configured
+  checkpoint. Captions files alone are analysed against the default synthetic world.
+  """
+  from analysis import report  # pylint: disable=g-import-not-at-top
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+
+  if acfg.runs:
+    base_dir = acfg.runs[0]
+    run_config = _run_config(base_dir)
+  else:
+    from configs import scst_lxmert  # pylint: disable=g-import-not-at-top
+    run_config = scst_lxmert.get_config()
+    base_dir = run_config.workdir
+  dataset = sources.load(run_config.data, base_dir)
+  names = list(acfg.scorers)
+  if not names:
+    for workdir in acfg.runs:
+      names += stages.scorer_names(_run_config(workdir))
+  names = list(dict.fromkeys(names))
+  loaded = {}
+  for name in names:
+    home = next((w for w in acfg.runs if os.path.isdir(os.path.join(w, "scorers", name))),
+                base_dir)
+    config = _run_config(home) if os.path.exists(os.path.join(home, "config.json")) else run_config
+    loaded.update(scoring.load_scorers(config, [name], dataset, home))
+  corpus = runs_lib.Corpus.from_dataset(dataset)
+  return report.run_from_config(acfg, corpus, score_fns_for(loaded, dataset["test"]))
