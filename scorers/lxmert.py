@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from scorers import common
 from scorers import layers
+from scorers import tokens
 
 NAME = "lxmert"
 OBJECTIVE = "itm"
@@ -287,7 +288,12 @@ def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str,
 
 
 def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
-  """100 x ITM match probability, [N] float32. Pure and jittable (config static)."""
+  """100 x ITM match probability, [N] float32. Pure and jittable (config static).
+
+  `image_inputs` is the output of `image_inputs()` repeated per caption, or raw regions.
+  """
+  if "visual_hidden" not in image_inputs:
+    image_inputs = _regions(config, image_inputs)
   logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
   return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
 
@@ -306,14 +312,12 @@ def pretrain_loss(params, config: Config, batch, rng: jax.Array):
 
 def tokenizer(config: Config):
   """The bert-base-uncased tokenizer from the bundled vocabulary."""
-  from scorers import tokens  # Imported here: tokens.py pulls in transformers.
   del config  # Every LXMERT checkpoint uses the same uncased vocabulary.
   return tokens.bert_tokenizer(cased=False)
 
 
 def text_format(config: Config):
   """[CLS] words [SEP], zero-padded, truncated to `config.max_text_len` (specials included)."""
-  from scorers import tokens
   return tokens.TextFormat(bos_id=CLS_ID, eos_id=SEP_ID, pad_id=PAD_ID,
                            max_length=config.max_text_len)
 
