@@ -1,0 +1,330 @@
+"""ROSITA (Cui et al. 2021) as an image-text matching scorer: a Flax port of the retrieval net.
+
+The port follows `modeling/finetune_tasks/itr.py: Net` of github.com/MILVLG/rosita: text
+embeddings (word + position + token type 0, LayerNorm), visual embeddings (dense_imgfeat(feature)
++ dense_bboxfeat(5-d box), one LayerNorm; regions get no type or position embedding), a
+single-stream post-LN transformer over [text ; regions] (`backbone.layers.N`: `mhatt.dense_{q,k,v,
+merge}`, `ffn.dense{0,1}`, `layer_norm{0,1}`), the tanh pooler on text [CLS] and
+`mm_itm_head.dense` Linear(H, 2). The match score is 100 x softmax(itm)[:, 1], as `run_itr.py`
+scores retrieval. Submodules carry the checkpoint's per-module names, so `load` is an identity
+mapping of `<module>.<key>`.
+
+Regions: a fixed 36 BUTD regions per image (ROSITA's own "fix36" features), 5-d boxes
+[x1/W, y1/H, x2/W, y2/H, area/(W H)]. Text: uncased BERT WordPiece (30,522 ids) after removing
+every character that is neither a word character nor a space; [CLS] words [SEP], at most
+`max_text_len` = 30 tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scorers import common
+from scorers import layers
+from scorers import tokens
+
+NAME = "rosita"
+OBJECTIVE = "itm"
+MATCH_INDEX = 1
+
+# Per-module entries of the original `.pkl` (CKPT_SAVE_MAP) that make up the scorer.
+_MODULES = ("text_embeddings", "visual_embeddings", "backbone", "pooler", "mm_itm_head")
+# Entries skipped on purpose: training state and the pretraining-only heads (MLM, region).
+_SKIPPED = ("epoch", "net_optim", "amp", "text_mlm_head", "imgfeat_head")
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """ROSITA sizes (`config/cfg.py` defaults) and text settings.
+
+  Attributes:
+    vocab_size: WordPiece vocabulary size (30,522 = bert-base-uncased).
+    hidden_size (HSIZE), num_layers (LAYER), num_heads (HHEAD), intermediate_size (HFF).
+    max_position: text position table size (POS_EMB_IN_SIZE).
+    type_vocab_size: token type table size (TYPE_EMB_IN_SIZE); only type 0 is used.
+    img_dim: region feature width (IMGFEAT_SIZE).
+    box_dim: box feature width (BBOXFEAT_SIZE).
+    dropout_rate: DROPOUT_R, on embeddings, attention probabilities and residual branches.
+    max_text_len: tokenizer truncation length, [CLS] and [SEP] included.
+    dtype: compute dtype, "float32" or "bfloat16"; params stay float32.
+    vocab_path: a `vocab.txt` for the tokenizer, or None for the shipped bert-base-uncased one.
+  """
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position: int = 512
+  type_vocab_size: int = 2
+  img_dim: int = 2048
+  box_dim: int = 5
+  dropout_rate: float = 0.1
+  max_text_len: int = 30
+  dtype: str = "float32"
+  vocab_path: str | None = None
+
+
+def default_config(variant: str | None = None) -> Config:
+  """ROSITA-base, the only released size."""
+  if variant not in (None, "base"):
+    raise ValueError(f"scorers/rosita.py: unknown variant {variant!r}; ROSITA has only 'base'.")
+  return Config()
+
+
+def tiny_config() -> Config:
+  """The golden tiny model (`tests/assets/rosita_tiny_config.json`): 3 layers of width 32."""
+  return Config(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64)
+
+
+class TextEmbeddings(nn.Module):
+  """word + position (0..T-1) + token type 0 -> `layer_norm` -> dropout."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, ids, deterministic: bool = True):
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                                     name=name)
+    x = (embed(cfg.vocab_size, "word_embeddings")(ids)
+         + embed(cfg.max_position, "position_embeddings")(jnp.arange(ids.shape[1])[None])
+         + embed(cfg.type_vocab_size, "token_type_embeddings")(jnp.zeros_like(ids)))
+    x = layers.layer_norm("layer_norm", dtype)(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class VisualEmbeddings(nn.Module):
+  """dense_imgfeat(feature) + dense_bboxfeat(box) -> `layer_norm` -> dropout."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, imgfeat, bbox, deterministic: bool = True):
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    x = (layers.dense(cfg.hidden_size, "dense_imgfeat", dtype)(imgfeat)
+         + layers.dense(cfg.hidden_size, "dense_bboxfeat", dtype)(bbox))
+    x = layers.layer_norm("layer_norm", dtype)(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class MHAtt(nn.Module):
+  """Self-attention with `dense_{q,k,v}` projections and a `dense_merge` output projection."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool = True):
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    head_dim = cfg.hidden_size // cfg.num_heads
+
+    def heads(name):
+      y = layers.dense(cfg.hidden_size, name, dtype)(x)
+      return y.reshape(y.shape[:-1] + (cfg.num_heads, head_dim))
+
+    dropout = nn.Dropout(cfg.dropout_rate)
+    out = layers.dot_product_attention(heads("dense_q"), heads("dense_k"), heads("dense_v"), bias,
+                                       lambda w: dropout(w, deterministic=deterministic), dtype)
+    out = out.reshape(out.shape[:-2] + (cfg.hidden_size,))
+    return layers.dense(cfg.hidden_size, "dense_merge", dtype)(out)
+
+
+class FeedForward(nn.Module):
+  """dense1(gelu(dense0(x))), no inner dropout."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    x = layers.gelu(layers.dense(cfg.intermediate_size, "dense0", dtype)(x))
+    return layers.dense(cfg.hidden_size, "dense1", dtype)(x)
+
+
+class SelfAtt(nn.Module):
+  """One post-LN layer: LN0(x + drop(mhatt(x))), then LN1(x + drop(ffn(x)))."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool = True):
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    residual = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    x = layers.layer_norm("layer_norm0", dtype)(
+        x + residual(MHAtt(cfg, name="mhatt")(x, bias, deterministic)))
+    return layers.layer_norm("layer_norm1", dtype)(x + residual(FeedForward(cfg, name="ffn")(x)))
+
+
+class Backbone(nn.Module):
+  config: Config
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool = True):
+    for i in range(self.config.num_layers):
+      x = SelfAtt(self.config, name=f"layers_{i}")(x, bias, deterministic)
+    return x
+
+
+class MmITMHead(nn.Module):
+  config: Config
+
+  @nn.compact
+  def __call__(self, pooled):
+    return layers.dense(2, "dense", jnp.dtype(self.config.dtype))(pooled)
+
+
+class Model(nn.Module):
+  """The ITR net: embeddings, backbone, `pooler` and `mm_itm_head`."""
+  config: Config
+
+  @nn.compact
+  def __call__(self, text_ids, text_mask, image_inputs, deterministic: bool = True):
+    """Scores caption/image pairs.
+
+    Args:
+      text_ids: [N, T] int32 WordPiece ids, [CLS] first, 0-padded.
+      text_mask: [N, T] int32, 1 for real tokens.
+      image_inputs: from `image_inputs`: "imgfeat" [N, R, img_dim], "bbox" [N, R, 5],
+        "img_mask" [N, R].
+      deterministic: False turns dropout on (needs a "dropout" rng).
+
+    Returns:
+      (itm_logits [N, 2] float32, out) where out holds "pooled_output" [N, H],
+      "sequence_output" [N, T + R, H] (text then regions), "text_output" [N, T, H] and
+      "image_output" [N, R, H].
+    """
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    text = TextEmbeddings(cfg, name="text_embeddings")(text_ids, deterministic)
+    regions = VisualEmbeddings(cfg, name="visual_embeddings")(
+        image_inputs["imgfeat"].astype(dtype), image_inputs["bbox"].astype(dtype), deterministic)
+    mask = jnp.concatenate([text_mask, image_inputs["img_mask"]], axis=1)
+    hidden = Backbone(cfg, name="backbone")(
+        jnp.concatenate([text, regions], axis=1), layers.attention_bias(mask, dtype),
+        deterministic)
+    # ROSITA's Pooler is BERT's: tanh(dense(hidden of token 0)), token 0 being text [CLS].
+    pooled = layers.BertPooler(cfg.hidden_size, dtype, name="pooler")(hidden)
+    logits = MmITMHead(cfg, name="mm_itm_head")(pooled).astype(jnp.float32)
+    length = text_ids.shape[1]
+    return logits, {"pooled_output": pooled, "sequence_output": hidden,
+                    "text_output": hidden[:, :length], "image_output": hidden[:, length:]}
+
+
+def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
+  """Region features and ROSITA's 5-d boxes from the data's region dict.
+
+  Args:
+    params: unused (the visual embeddings depend on dropout during pretraining, so they are
+      computed inside the model).
+    config: unused; part of the contract.
+    images: "region_feats" [N, R, 2048], "region_boxes" [N, R, 4] (x1/W, y1/H, x2/W, y2/H),
+      "region_mask" [N, R].
+
+  Returns:
+    "imgfeat" [N, R, 2048] float32, "bbox" [N, R, 5] float32 (the 4 box coordinates and the
+    box area as a fraction of the image, as `proc_bbox` builds it), "img_mask" [N, R] int32.
+  """
+  del params, config
+  boxes = jnp.asarray(images["region_boxes"], jnp.float32)
+  area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+  return {"imgfeat": jnp.asarray(images["region_feats"], jnp.float32),
+          "bbox": jnp.concatenate([boxes, area[..., None]], axis=-1),
+          "img_mask": jnp.asarray(images["region_mask"], jnp.int32)}
+
+
+def init_params(config: Config, rng: jax.Array):
+  """Random parameters (the `params` collection) of `Model(config)`."""
+  text = jnp.ones((1, 2), jnp.int32)
+  images = {"imgfeat": jnp.zeros((1, 1, config.img_dim)),
+            "bbox": jnp.zeros((1, 1, config.box_dim)), "img_mask": jnp.ones((1, 1), jnp.int32)}
+  # Jitted: run eagerly, Flax init compiles every op separately (seconds on CPU).
+  return jax.jit(lambda key: Model(config).init(key, text, text, images)["params"])(rng)
+
+
+def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
+  """100 x the ITM match probability, [N] float32. Pure and jittable."""
+  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
+  return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
+
+
+def pretrain_loss(params, config: Config, batch, rng: jax.Array):
+  """ITM cross-entropy with dropout on (ROSITA's `itm` pretraining task).
+
+  Args:
+    batch: "text_ids", "text_mask" [N, T] int32; "images": the region dict of the N captions'
+      images (see `image_inputs`); "match" [N] int32, 1 where the caption fits the image.
+    rng: the dropout key.
+
+  Returns:
+    (loss, {"accuracy": the fraction of pairs the argmax gets right}).
+  """
+  inputs = image_inputs(params, config, batch["images"])
+  logits, _ = Model(config).apply({"params": params}, batch["text_ids"], batch["text_mask"],
+                                  inputs, deterministic=False, rngs={"dropout": rng})
+  loss, accuracy = common.itm_loss(logits, batch["match"], MATCH_INDEX)
+  return loss, {"accuracy": accuracy}
+
+
+def tokenizer(config: Config):
+  """The uncased BERT WordPiece tokenizer ROSITA uses (shipped file, no download)."""
+  return tokens.bert_tokenizer(cased=False, vocab_path=config.vocab_path)
+
+
+def text_format(config: Config) -> tokens.TextFormat:
+  """[CLS] words [SEP], 0-padded, truncated to `max_text_len`, punctuation stripped first."""
+  return tokens.text_format(tokenizer(config), config.max_text_len, strip_punctuation=True)
+
+
+def _flatten_checkpoint(checkpoint, source: str) -> dict:
+  """The original `{module: state_dict, ...}` dict -> flat `{"module.key": array}`.
+
+  Training state and pretraining heads (`_SKIPPED`) are dropped and logged; any other entry that
+  is not one of the scorer's modules is kept under its own name so the strict merge reports it.
+
+  Raises:
+    ValueError: `checkpoint` is not a dict of per-module state dicts.
+  """
+  if not isinstance(checkpoint, dict) or not any(m in checkpoint for m in _MODULES):
+    found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise ValueError(
+        f"{source}: expected ROSITA's checkpoint layout, a dict of per-module state dicts with "
+        f"entries {list(_MODULES)}; found {found}. Pass the .pkl written by ROSITA's run_*.py.")
+  skipped = sorted(k for k in checkpoint if k in _SKIPPED)
+  if skipped:
+    _log.info("%s: skipping entries the ITM scorer does not use: %s", source, ", ".join(skipped))
+  flat = {}
+  for module, state in checkpoint.items():
+    if module in _SKIPPED:
+      continue
+    if not isinstance(state, dict):
+      flat[module] = state  # Not a module: reported as unexpected by the strict merge.
+      continue
+    for key, value in common.strip_prefix(state, "module.").items():
+      flat[f"{module}.{key}"] = value
+  return flat
+
+
+def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
+  """Reads an original ROSITA checkpoint (`rosita-base.pkl`, `itr-coco-base.pkl`).
+
+  Both layouts work: the ITR net and the pretraining net (whose `text_mlm_head`,
+  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are skipped and logged).
+
+  Args:
+    path: the `.pkl` file (written by `torch.save`).
+    config: the sizes to expect; default `default_config()` (ROSITA-base).
+    trust_pickle: allow a full unpickle (runs code from the file) when weights_only fails.
+
+  Returns:
+    (config, params) with params a tree of float32 numpy arrays.
+
+  Raises:
+    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
+    ValueError: the file is not ROSITA's layout, or needs `trust_pickle=True`.
+  """
+  config = config or default_config()
+  checkpoint = common.load_torch_file(path, trust_pickle=trust_pickle)
+  state = common.state_dict_to_numpy(_flatten_checkpoint(checkpoint, path))
+  template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  params = common.torch_to_flax(state, template, source=path)
+  return config, params
