@@ -1,0 +1,98 @@
+"""Reward throughput: the compiled SCST step against the reference PyTorch pipeline.
+
+Command:
+  python launch.py --config=configs/bench_reward.py:scorer=lxmert
+  python launch.py --config=configs/bench_reward.py:scorer=clip
+  python launch.py --config=configs/bench_reward.py:scorer=lxmert \
+      --config.images_per_batch=50,250,1000 --config.profile_dir=/tmp/prof_lxmert
+  python launch.py --config=configs/bench_reward.py:scorer=lxmert,runlocal   # CPU smoke test
+
+At the real sizes with random weights (FC-LSTM: 9,488 logits, 512 wide, 2048-d features; LXMERT
+base on 36 regions x 2048; CLIP ViT-B/32 text tower on cached unit image embeddings), for each
+batch of `images_per_batch` images x (num_samples + 1 greedy) captions it prints a table of
+captions/s, images/s and ms/step for:
+  jax:   the full compiled SCST step (decode greedy + K samples, re-tokenize, score, update), fed
+         by the BatchIterator from host arrays; decode only; re-tokenize + score; score on
+         pre-tokenized ids; the image side (once per image); XLA compile times separately; data
+         wait per step against step time;
+  torch: the reference pipeline (FC model with a Python decode loop, ids -> strings on the CPU,
+         Hugging Face fast tokenizer, PyTorch scorer, reward, backward, Adam) with its parts,
+         when torch is importable and `reference` is True;
+and the jax / torch ratios, the device, the dtypes, and the measured difference of the scores
+between float32 and bfloat16. The summary is also written as JSON to `out_json`.
+Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
+`profile_dir` writes a JAX profiler trace of a few steps and parts there (off by default).
+
+Time: a few minutes per scorer on one GPU (mostly compilation and the PyTorch reference); the
+`runlocal` smoke test (tiny sizes) takes seconds on a CPU; the real sizes on a CPU take minutes
+per step and are only a check that everything runs.
+"""
+
+import os
+
+import ml_collections
+
+from configs import common
+
+SCORERS = ("lxmert", "clip")
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, scorer="lxmert", runlocal=False)
+  if args.scorer not in SCORERS:
+    raise ValueError(f"configs/bench_reward.py: scorer={args.scorer!r}; the benchmark supports "
+                     f"{', '.join(SCORERS)}.")
+  # JAX reserves 75% of the GPU at start-up (launch.py starts it right after parsing this
+  # config); the PyTorch reference in the same process needs memory too. Only read at start-up.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+  config = ml_collections.ConfigDict()
+  config.entry = "bench_reward"
+  config.workdir = ""
+  config.seed = 0
+  config.scorer = args.scorer
+  config.scorer_size = "default"  # "default" (the released sizes) or "tiny"
+  # Optional real weights (scorers/<name>.py `load` formats): the bf16-vs-fp32 score check means
+  # more with them; random weights give near-constant LXMERT scores.
+  config.scorer_checkpoint = ""
+  config.dtype = "auto"  # scorer compute: "auto" = bfloat16 on GPU/TPU, float32 on CPU
+  config.images_per_batch = "50"  # a comma-separated list sweeps sizes: "50,250,1000"
+  config.num_samples = 5  # K samples per image, plus one greedy caption
+  config.max_length = 16
+  config.baseline = "greedy"
+  config.lr = 5e-5
+  config.grad_clip = 0.1
+  # The paper's FC-LSTM (self-critical.pytorch NewFCModel), whatever the synthetic world uses.
+  config.captioner = ml_collections.ConfigDict(dict(fc_dim=2048, embed_size=512, rnn_size=512,
+                                                    dropout=0.5, dtype="float32"))
+  # Captioner vocabulary: whole words of bert-base-uncased, a share of them compounds that
+  # split into several WordPieces / BPE tokens, then 'UNK' (9,487 words = 9,488 logits).
+  config.vocab_words = 9487
+  config.multi_piece_fraction = 0.08
+  config.warmup = 2
+  config.repeats = 5
+  config.steps_per_repeat = 10
+  config.pool_batches = 4  # distinct images in the host pool = pool_batches x batch
+  config.prefetch = 2
+  config.reference = True  # also run the PyTorch reference pipeline when torch is importable
+  config.reference_repeats = 5
+  config.profile_dir = ""
+  config.profile_steps = 3
+  config.out_json = f"bench_{args.scorer}.json"
+  config.multihost = False
+
+  if args.runlocal:
+    config.scorer_size = "tiny"
+    config.images_per_batch = "4"
+    config.num_samples = 2
+    config.max_length = 8
+    config.captioner.update(fc_dim=64, embed_size=32, rnn_size=32)
+    config.vocab_words = 199
+    config.warmup = 1
+    config.repeats = 2
+    config.steps_per_repeat = 2
+    config.pool_batches = 2
+    config.reference_repeats = 2
+    config.profile_steps = 1
+    config.out_json = f"bench_{args.scorer}_runlocal.json"
+  return config

@@ -1,0 +1,530 @@
+"""Reward throughput: the compiled SCST step, its parts, and the reference PyTorch pipeline.
+
+`run(config)` (configs/bench_reward.py) builds a random-weight FC captioner and scorer at the
+configured sizes and, for each batch size, times on all local devices (pmap):
+  * "full step": `scst.make_p_scst_step` (greedy + K samples, re-tokenize, score, update) fed by
+    `data.pipeline.BatchIterator` from host arrays, with the data wait per step against the
+    step time;
+  * "decode": greedy + K samples only; "reward": re-tokenize + score of the B * (K + 1)
+    captions; "score": the scorer on ids already re-tokenized; "update" is derived
+    (full - decode - reward); "image side": the scorer's caption-independent work per image;
+and XLA compile time of each. Then the reference pipeline (`bench_torch`) on the same batch,
+the ratios, and the difference of the scores between float32 and bfloat16 compute.
+Timings: `jax.block_until_ready`, warm-up excluded, median over `repeats` of
+`steps_per_repeat` back-to-back calls (dispatch overlapping compute, as in training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import scorers
+from scorers import tokens
+from vlprobe_jax import captioner as captioner_lib
+from vlprobe_jax import decoding
+from vlprobe_jax import scoring
+from vlprobe_jax import scst
+from vlprobe_jax import training
+from vlprobe_jax import xe
+from vlprobe_jax.data.pipeline import BatchIterator
+
+NUM_REGIONS = 36
+_WHOLE_WORD = re.compile(r"[a-z]+")
+
+
+def benchmark_words(num_words: int, multi_piece_fraction: float, seed: int = 0) -> tuple[str, ...]:
+  """A captioner vocabulary of `num_words` words (UNK included), plus '' at id 0.
+
+  Whole-word entries of the bundled bert-base-uncased vocabulary in its (roughly frequency)
+  order, a `multi_piece_fraction` share replaced by compounds of two common words that are not
+  BERT tokens themselves ("skate" + "park"), so that, as in COCO's vocabulary, most words are one
+  WordPiece and some are several; the CLIP BPE split follows from the same words.
+  """
+  if num_words < 2 or not 0.0 <= multi_piece_fraction <= 1.0:
+    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words}, multi_piece_fraction="
+                     f"{multi_piece_fraction}; expected >= 2 words and a fraction in [0, 1].")
+  with open(tokens.BERT_UNCASED_VOCAB, encoding="utf-8") as f:
+    bert = [line.rstrip("\n") for line in f]
+  whole = [w for w in bert if _WHOLE_WORD.fullmatch(w) and (len(w) > 1 or w == "a")]
+  content = num_words - 1
+  num_compounds = int(round(content * multi_piece_fraction))
+  if content - num_compounds > len(whole):
+    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words} needs more whole words than "
+                     f"the {len(whole)} in {tokens.BERT_UNCASED_VOCAB}; lower vocab_words.")
+  common = [w for w in whole[:3000] if len(w) >= 3]
+  taken, compounds = set(bert), []
+  rng = np.random.default_rng(seed)
+  while len(compounds) < num_compounds:
+    first, second = rng.integers(0, len(common), 2)
+    word = common[first] + common[second]
+    if word not in taken:
+      taken.add(word)
+      compounds.append(word)
+  return ("",) + tuple(whole[:content - num_compounds]) + tuple(compounds) + ("UNK",)
+
+
+def batch_sizes(value: Any) -> list[int]:
+  """config.images_per_batch ("50" or "50,250,1000" or an int) -> [50, 250, 1000]."""
+  try:
+    sizes = [int(part) for part in str(value).split(",") if part.strip()]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise ValueError(f"config.images_per_batch={value!r}: expected positive integers separated "
+                     "by commas, e.g. '50' or '50,250,1000'.")
+  return sizes
+
+
+def resolve_dtype(dtype: str, platform: str) -> str:
+  if dtype == "auto":
+    return "float32" if platform == "cpu" else "bfloat16"
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.dtype={dtype!r}: expected 'auto', 'float32' or 'bfloat16'.")
+  return dtype
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the timings share: the models at their sizes and the host image pool."""
+  name: str
+  module: Any
+  scorer: scoring.LoadedScorer  # in the benchmark's compute dtype
+  cap_config: captioner_lib.CaptionerConfig
+  cap_params: Any
+  devices: list
+
+
+def random_params(init_fn, config, seed: int):
+  """Random params in the tree and shapes of `init_fn(rng)`, without compiling the model.
+
+  Weights ~ N(0, 0.02) (BERT's and CLIP's initializer range), biases 0, LayerNorm scales 1,
+  CLIP's temperature at its initial value. Throughput does not depend on the values, and
+  compiling a model's init costs more than the benchmark itself on a CPU.
+  """
+  shapes = jax.eval_shape(init_fn, jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-1], "key", str(path[-1]))
+    if name == "scale":
+      value = np.ones(leaf.shape, np.float32)
+    elif name == "bias":
+      value = np.zeros(leaf.shape, np.float32)
+    elif name == "logit_scale":
+      value = np.full(leaf.shape, getattr(config, "logit_scale_init", 0.0), np.float32)
+    else:
+      value = 0.02 * rng.standard_normal(leaf.shape, np.float32)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def build(config, devices) -> Setup:
+  """Random-weight captioner and scorer at the configured sizes."""
+  platform = devices[0].platform
+  module = scorers.get(config.scorer)
+  if config.scorer_checkpoint:  # Real weights make the bf16 check meaningful; speed is the same.
+    base, scorer_params = module.load(config.scorer_checkpoint)
+  else:
+    base = module.tiny_config() if config.scorer_size == "tiny" else module.default_config()
+    scorer_params = random_params(lambda rng: module.init_params(base, rng), base, config.seed)
+  scorer_config = dataclasses.replace(base, dtype=resolve_dtype(config.dtype, platform))
+  words = benchmark_words(config.vocab_words, config.multi_piece_fraction, config.seed)
+  cap = config.captioner
+  cap_config = captioner_lib.CaptionerConfig(
+      vocab_size=len(words), fc_dim=cap.fc_dim, embed_size=cap.embed_size,
+      rnn_size=cap.rnn_size, dropout=cap.dropout, dtype=cap.dtype)
+  cap_params = random_params(lambda rng: captioner_lib.init_params(cap_config, rng), cap_config,
+                             config.seed + 1)
+  scorer = scoring.LoadedScorer(config.scorer, module, scorer_config, scorer_params, words,
+                                config.max_length,
+                                source=config.scorer_checkpoint or "random init")
+  return Setup(config.scorer, module, scorer, cap_config, cap_params, devices)
+
+
+def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Random scorer inputs per image: CLIP unit embeddings, else 36 regions x 2048 with boxes."""
+  if setup.name == "clip":
+    embeds = rng.normal(size=(num_images, setup.scorer.config.projection_dim))
+    return {"image_embeds": (embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
+                             ).astype(np.float32)}
+  feat_dim = getattr(setup.scorer.config, "visual_feat_dim", 2048)
+  corner = rng.uniform(0.0, 0.7, size=(num_images, NUM_REGIONS, 2))
+  size = rng.uniform(0.1, 0.3, size=(num_images, NUM_REGIONS, 2))
+  return {"region_feats": np.maximum(rng.normal(size=(num_images, NUM_REGIONS, feat_dim)), 0.0
+                                     ).astype(np.float32),
+          "region_boxes": np.concatenate([corner, corner + size], axis=-1).astype(np.float32),
+          "region_mask": np.ones((num_images, NUM_REGIONS), np.int32)}
+
+
+def _median(seconds: list[float]) -> float:
+  return float(statistics.median(seconds))
+
+
+def _compile(fn, *args) -> tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _time_calls(call, warmup: int, repeats: int, steps: int) -> list[float]:
+  """Seconds per call: median-ready list over repeats of `steps` back-to-back calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps):
+      out = call()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / steps)
+  return times
+
+
+def _part(seconds: list[float], images: int, captions: int | None,
+          compile_s: float | None = None) -> dict[str, Any]:
+  median = _median(seconds)
+  return {"ms_per_step": 1e3 * median, "images_per_s": images / median,
+          "captions_per_s": None if captions is None else captions / median,
+          "compile_s": compile_s, "repeats_ms": [1e3 * s for s in seconds]}
+
+
+def image_side(setup: Setup, raw: dict[str, np.ndarray], chunk: int, config):
+  """The scorer's image inputs for every image of `raw` (host arrays) and their timing."""
+  module, scorer_config, params = setup.module, setup.scorer.config, setup.scorer.params
+  if setup.name == "clip":  # Cached embeddings: the vision tower is not part of the step.
+    return dict(raw), None
+  fn = jax.jit(lambda p, images: module.image_inputs(p, scorer_config, images))
+  batches = list(training.host_batches(raw, chunk))
+  compiled, compile_s = _compile(fn, params, batches[0][1])
+  outputs = []
+  for real, images in batches:
+    outputs.append(jax.tree_util.tree_map(lambda x, r=real: np.asarray(x)[:r],
+                                          jax.device_get(compiled(params, images))))
+  pool = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
+  seconds = _time_calls(lambda: compiled(params, batches[0][1]), config.warmup,
+                        config.repeats, 1)
+  return pool, _part(seconds, chunk, None, compile_s)
+
+
+def _decode(params, fc, rng, *, cap_config, num_samples, max_length):
+  """Phases 1-2 of the SCST step: greedy (dropout off) and K samples (dropout on)."""
+  rng_sample, rng_dropout = jax.random.split(rng)
+  greedy_seq, _ = decoding.decode_captions(cap_config, params, fc, max_length, method="greedy")
+  fc_samples = jnp.repeat(fc, num_samples, axis=0)
+  init = decoding.initial_state(cap_config, params, fc_samples)
+  sample_seq, _ = decoding.sample(decoding.captioner_step_fn(cap_config, params, rng_dropout),
+                                  init, fc_samples.shape[0], max_length, rng_sample)
+  return jnp.concatenate([greedy_seq, sample_seq], axis=0)
+
+
+def _caption_images(images, num_samples):
+  """Per-image inputs -> per-caption inputs in the step's order (greedy, then samples)."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.concatenate([x, jnp.repeat(x, num_samples, axis=0)], axis=0), images)
+
+
+def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any, dict]:
+  """Decode only, re-tokenize + score, score on pre-tokenized ids.
+
+  Returns:
+    (parts, the decoded captions [devices, B / devices * (K + 1), T], the parts as calls for
+    the profiler).
+  """
+  k, devices = config.num_samples, setup.devices
+  captions = num_images * (k + 1)
+  scorer, module = setup.scorer, setup.module
+  params = training.replicate(setup.cap_params, devices)
+  scorer_params = training.replicate(scorer.params, devices)
+  keys = jax.device_put(training.device_keys(jax.random.key(config.seed + 1), 0, len(devices)),
+                        training.device_sharding(devices))
+  decode = jax.pmap(functools.partial(_decode, cap_config=setup.cap_config, num_samples=k,
+                                      max_length=config.max_length), devices=devices)
+  reward = jax.pmap(lambda p, seqs, images: scorer.reward_fn(p, seqs, _caption_images(images, k)),
+                    devices=devices)
+  retok = jax.pmap(lambda seqs: tokens.retokenize(scorer.table, seqs, scorer.width),
+                   devices=devices)
+  score = jax.pmap(lambda p, ids, mask, images: module.score(p, scorer.config, ids, mask, images),
+                   devices=devices)
+  fc, images = batch["fc_feats"], batch["image_inputs"]
+  decode_c, decode_compile = _compile(decode, params, fc, keys)
+  seqs = decode_c(params, fc, keys)
+  reward_c, reward_compile = _compile(reward, scorer_params, seqs, images)
+  ids, mask = retok(seqs)
+  caption_images = jax.pmap(lambda x: _caption_images(x, k), devices=devices)(images)
+  score_c, score_compile = _compile(score, scorer_params, ids, mask, caption_images)
+  timing = (config.warmup, config.repeats, config.steps_per_repeat)
+  parts = {
+      "decode": _part(_time_calls(lambda: decode_c(params, fc, keys), *timing), num_images,
+                      captions, decode_compile),
+      "reward": _part(_time_calls(lambda: reward_c(scorer_params, seqs, images), *timing),
+                      num_images, captions, reward_compile),
+      "score": _part(_time_calls(lambda: score_c(scorer_params, ids, mask, caption_images),
+                                 *timing), num_images, captions, score_compile),
+  }
+  parts["score"]["text_width"] = int(ids.shape[-1])
+  calls = {"decode": lambda: decode_c(params, fc, keys),
+           "reward": lambda: reward_c(scorer_params, seqs, images)}
+  return parts, seqs, calls
+
+
+def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images: int,
+                   part_calls: dict) -> dict[str, Any]:
+  """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements."""
+  devices, scorer, k = setup.devices, setup.scorer, config.num_samples
+  sharding = training.device_sharding(devices)
+  p_step = scst.make_p_scst_step(setup.cap_config, scorer.reward_fn, k, config.baseline,
+                                 config.max_length, devices=devices)
+  tx = xe.make_optimizer(config.lr, config.grad_clip)
+  state = training.replicate(xe.TrainState.create(apply_fn=None, params=setup.cap_params, tx=tx),
+                             devices)
+  scorer_params = training.replicate(scorer.params, devices)
+  steps = config.warmup + config.repeats * config.steps_per_repeat + config.profile_steps + 1
+  rng = jax.random.key(config.seed + 2)
+  keys = [jax.device_put(training.device_keys(rng, s, len(devices)), sharding)
+          for s in range(steps)]
+  iterator = BatchIterator(pool, num_images, seed=config.seed, devices=devices,
+                           prefetch=config.prefetch)
+  stream = iter(iterator)
+
+  def next_batch():
+    flat = next(stream)
+    return {"fc_feats": flat["fc_feats"],
+            "image_inputs": {name[len("image/"):]: x for name, x in flat.items()
+                             if name.startswith("image/")}}
+
+  step_index = 0
+
+  def run_step(compiled, state):
+    nonlocal step_index
+    batch = next_batch()
+    with jax.transfer_guard("disallow"):  # Everything is on the device already.
+      out = compiled(state, scorer_params, batch, keys[step_index])
+    step_index += 1
+    return out
+
+  try:
+    compiled, compile_s = _compile(p_step, state, scorer_params, next_batch(), keys[0])
+    for _ in range(config.warmup):
+      state, measurements = run_step(compiled, state)
+    jax.block_until_ready(state)
+    times, waits = [], []
+    for _ in range(config.repeats):
+      waited, start = iterator.wait_seconds, time.perf_counter()
+      for _ in range(config.steps_per_repeat):
+        state, measurements = run_step(compiled, state)
+      jax.block_until_ready((state, measurements))
+      times.append((time.perf_counter() - start) / config.steps_per_repeat)
+      waits.append((iterator.wait_seconds - waited) / config.steps_per_repeat)
+    if config.profile_dir:
+      path = os.path.join(config.profile_dir, f"{setup.name}_images{num_images}")
+      with jax.profiler.trace(path):
+        for i in range(config.profile_steps):
+          with jax.profiler.StepTraceAnnotation("scst_step", step_num=i):
+            state, measurements = run_step(compiled, state)
+            jax.block_until_ready(measurements)
+        for name, call in part_calls.items():
+          with jax.profiler.TraceAnnotation(f"{name}_only"):
+            jax.block_until_ready(call())
+      print(f"[bench] profile of {config.profile_steps} steps and the parts written to {path}",
+            flush=True)
+  finally:
+    iterator.close()
+  full = _part(times, num_images, num_images * (k + 1), compile_s)
+  step_s, wait_s = _median(times), _median(waits)
+  data = {"wait_ms_per_step": 1e3 * wait_s, "step_ms": 1e3 * step_s,
+          "wait_fraction": wait_s / step_s}
+  scalars = {key: float(value) for key, value in training.unreplicate(measurements).items()}
+  return {"full": full, "data": data, "measurements": scalars}
+
+
+def dtype_check(setup: Setup, seqs: np.ndarray, raw: dict[str, np.ndarray],
+                num_samples: int) -> dict[str, float]:
+  """Scores of the same captions with float32 and with bfloat16 compute (image side included).
+
+  Args:
+    seqs: [N, T] captions, greedy of n images then their K samples (N = n * (K + 1)).
+    raw: the n images' raw scorer inputs.
+  """
+  module, params, table = setup.module, setup.scorer.params, setup.scorer.table
+  ids, mask = tokens.retokenize(table, jnp.asarray(seqs), setup.scorer.width)
+  scores = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = dataclasses.replace(setup.scorer.config, dtype=dtype)
+
+    def score(p, i, m, x, cfg=cfg):
+      images = x if setup.name == "clip" else module.image_inputs(p, cfg, x)
+      return module.score(p, cfg, i, m, _caption_images(images, num_samples))
+
+    scores[dtype] = np.asarray(jax.jit(score)(params, ids, mask, raw), np.float64)
+  full, half = scores["float32"], scores["bfloat16"]
+  n = len(full) // (num_samples + 1)
+  advantage = lambda s: s[n:].reshape(n, num_samples) - s[:n, None]
+  diff = np.abs(half - full)
+  return {"captions": int(len(full)), "max_abs_diff": float(diff.max()),
+          "mean_abs_diff": float(diff.mean()), "fp32_mean": float(full.mean()),
+          "fp32_std": float(full.std()),
+          "advantage_sign_agreement": float(np.mean(np.sign(advantage(full))
+                                                    == np.sign(advantage(half))))}
+
+
+def run_reference(setup: Setup, config, fc: np.ndarray, raw: dict[str, np.ndarray]):
+  """The PyTorch reference on the same batch; None (with the reason) when it cannot run."""
+  if not config.reference:
+    return None, "reference=False"
+  try:
+    from vlprobe_jax import bench_torch  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    return None, f"torch is not importable ({error})"
+  result = bench_torch.run_reference(
+      scorer_name=setup.name, scorer_config=setup.scorer.config, cap_config=setup.cap_config,
+      cap_params=jax.device_get(setup.cap_params), words=setup.scorer.words,
+      tokenizer=setup.scorer.tokenizer, text_max_length=setup.scorer.fmt.max_length,
+      fc_feats=fc, images=raw, num_samples=config.num_samples, max_length=config.max_length,
+      dtype=setup.scorer.config.dtype, lr=config.lr, grad_clip=config.grad_clip,
+      warmup=config.warmup, repeats=config.reference_repeats, seed=config.seed)
+  num_images = len(fc)
+  captions = num_images * (config.num_samples + 1)
+  phases = result.pop("phases")
+  result["parts"] = {name: _part(seconds, num_images, captions)
+                     for name, seconds in phases.items()}
+  return result, ""
+
+
+def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
+  """All timings for one batch size."""
+  if num_images % len(setup.devices):
+    raise ValueError(f"config.images_per_batch: {num_images} images do not split over "
+                     f"{len(setup.devices)} devices; use a multiple of the device count.")
+  rng = np.random.default_rng([config.seed, num_images])
+  pool_size = max(config.pool_batches, 1) * num_images
+  raw = raw_images(setup, pool_size, rng)
+  fc = np.maximum(rng.normal(size=(pool_size, setup.cap_config.fc_dim)), 0.0).astype(np.float32)
+  images, image_part = image_side(setup, raw, num_images, config)
+  first = {"fc_feats": fc[:num_images],
+           "image_inputs": jax.tree_util.tree_map(lambda x: x[:num_images], images)}
+  sharded = jax.tree_util.tree_map(
+      lambda x: jax.device_put(x.reshape((len(setup.devices), -1) + x.shape[1:]),
+                               training.device_sharding(setup.devices)), first)
+  parts, seqs, part_calls = time_parts(setup, config, sharded, num_images)
+  if image_part is not None:
+    parts["image_side"] = image_part
+  pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in images.items()}}
+  full = time_full_step(setup, config, pool, num_images, part_calls)
+  parts["full"] = full["full"]
+  update_ms = parts["full"]["ms_per_step"] - parts["decode"]["ms_per_step"] - parts["reward"][
+      "ms_per_step"]
+  parts["update"] = {"ms_per_step": update_ms, "derived": "full - decode - reward"}
+  # The dtype check uses device 0's share: its images are the first rows of the batch.
+  local = np.asarray(jax.device_get(seqs))[0]
+  local_images = len(local) // (config.num_samples + 1)
+  check = dtype_check(setup, local, {k: v[:local_images] for k, v in raw.items()},
+                      config.num_samples)
+  reference, skipped = run_reference(setup, config, fc[:num_images],
+                                     {k: v[:num_images] for k, v in raw.items()})
+  ratio = None
+  if reference is not None:
+    ratio = {name: reference["parts"][theirs]["ms_per_step"] / parts[ours]["ms_per_step"]
+             for name, ours, theirs in (("full_step", "full", "full"), ("score", "score", "score"),
+                                        ("decode", "decode", "decode"))}
+  return {"images_per_batch": num_images, "captions_per_step": num_images * (config.num_samples + 1),
+          "jax": {"parts": parts, "data": full["data"], "measurements": full["measurements"]},
+          "torch": reference, "torch_skipped": skipped, "ratio": ratio, "dtype_check": check}
+
+
+_ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
+         ("reward", "re-tokenize + score"), ("score", "score (pre-tokenized)"),
+         ("update", "update (full - decode - reward)"), ("image_side", "image side (per image)"))
+_TORCH_ROWS = (("full", "full step (reference)"), ("decode", "decode (Python loop)"),
+               ("strings_tokenize", "ids -> strings + tokenizer (CPU)"),
+               ("score", "score"), ("update", "reward, backward, Adam"))
+
+
+def _row(pipeline: str, label: str, part: dict) -> str:
+  def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+  return (f"{pipeline:<6} {label:<34} {fmt(part.get('captions_per_s'), ',.0f'):>12} "
+          f"{fmt(part.get('images_per_s'), ',.1f'):>11} {fmt(part.get('ms_per_step'), '.2f'):>9} "
+          f"{fmt(part.get('compile_s'), '.1f'):>9}")
+
+
+def format_result(summary: dict, result: dict) -> str:
+  """The printed table of one batch size."""
+  lines = [f"[bench] {summary['scorer']} | {summary['device']} | scorer {summary['dtype']}, "
+           f"captioner {summary['captioner_dtype']}, {summary['vocab_size']:,} logits | "
+           f"{result['images_per_batch']} images x ({summary['num_samples']} samples + 1 greedy) "
+           f"= {result['captions_per_step']} captions/step, {summary['max_length']} words max",
+           f"{'':6} {'part':<34} {'captions/s':>12} {'images/s':>11} {'ms/step':>9} "
+           f"{'compile s':>9}"]
+  parts = result["jax"]["parts"]
+  lines += [_row("jax", label, parts[key]) for key, label in _ROWS if key in parts]
+  torch_result = result["torch"]
+  if torch_result is None:
+    lines.append(f"torch  reference skipped: {result['torch_skipped']}")
+  else:
+    lines += [_row("torch", label, torch_result["parts"][key]) for key, label in _TORCH_ROWS]
+    ratio = result["ratio"]
+    lines.append(f"ratio jax/torch: full step {ratio['full_step']:.1f}x, score "
+                 f"{ratio['score']:.1f}x, decode {ratio['decode']:.1f}x | torch on "
+                 f"{torch_result['device']}, {torch_result['tokenizer']}, "
+                 f"{torch_result['scorer']}, autocast {torch_result['autocast']}, text width "
+                 f"{torch_result['text_width']:.1f} (jax {parts['score']['text_width']})")
+  data = result["jax"]["data"]
+  lines.append(f"data: BatchIterator wait {data['wait_ms_per_step']:.3f} ms/step vs step "
+               f"{data['step_ms']:.2f} ms ({100 * data['wait_fraction']:.1f}%)")
+  check = result["dtype_check"]
+  lines.append(f"bf16 vs fp32 scores ({check['captions']} captions): max |diff| "
+               f"{check['max_abs_diff']:.3f}, mean |diff| {check['mean_abs_diff']:.3f} (fp32 "
+               f"scores mean {check['fp32_mean']:.2f}, std {check['fp32_std']:.3f}); advantage "
+               f"signs agree {100 * check['advantage_sign_agreement']:.1f}%")
+  return "\n".join(lines)
+
+
+def run(config) -> dict[str, Any]:
+  """Runs the benchmark of configs/bench_reward.py; prints tables, writes and returns a summary."""
+  devices = jax.local_devices()
+  if (devices[0].platform == "gpu" and config.reference
+      and os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() != "false"):
+    print("[bench] warning: JAX preallocated most of the GPU; the PyTorch reference may run out "
+          "of memory. Set XLA_PYTHON_CLIENT_PREALLOCATE=false.", flush=True)
+  start = time.perf_counter()
+  setup = build(config, devices)
+  summary = {
+      "scorer": config.scorer, "scorer_size": config.scorer_size,
+      "scorer_weights": setup.scorer.source,
+      "device": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
+      "num_devices": len(devices), "dtype": setup.scorer.config.dtype,
+      "captioner_dtype": setup.cap_config.dtype, "vocab_size": setup.cap_config.vocab_size,
+      "multi_piece_words": int(np.sum(setup.scorer.table.npieces[1:] > 1)),
+      "max_pieces": int(setup.scorer.table.max_pieces), "num_samples": config.num_samples,
+      "max_length": config.max_length, "timing": (f"median of {config.repeats} x "
+                                                  f"{config.steps_per_repeat} steps after "
+                                                  f"{config.warmup} warm-up"),
+      "profile_dir": config.profile_dir or None, "results": []}
+  print(f"[bench] setup in {time.perf_counter() - start:.1f}s: {summary['multi_piece_words']} of "
+        f"{summary['vocab_size'] - 1} captioner words are several scorer tokens (max "
+        f"{summary['max_pieces']})", flush=True)
+  for num_images in batch_sizes(config.images_per_batch):
+    result = bench_batch(setup, config, num_images)
+    summary["results"].append(result)
+    print(format_result(summary, result), flush=True)
+  summary["seconds"] = time.perf_counter() - start
+  if config.out_json:
+    directory = os.path.dirname(os.path.abspath(config.out_json))
+    os.makedirs(directory, exist_ok=True)
+    with open(config.out_json, "w") as f:
+      json.dump(summary, f, indent=1)
+    print(f"[bench] summary written to {config.out_json}", flush=True)
+  return summary
