@@ -103,7 +103,8 @@ def pretrain(config, module, dataset, directory: str):
   train_split, val_split = dataset["train"], dataset["val"]
   rng = jax.random.key(pcfg.seed)
   params = module.init_params(scorer_config, rng)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, pcfg.lr, pcfg.warmup_steps, pcfg.steps)
+  warmup = min(pcfg.warmup_steps, max(pcfg.steps // 2, 1))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, pcfg.lr, warmup, max(pcfg.steps, warmup + 1))
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
   opt_state = tx.init(params)
 

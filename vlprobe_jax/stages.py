@@ -90,7 +90,7 @@ def evaluate_stage(config, dataset, params, scorers, out_dir: str, stage: str) -
   captions = evaluation.split_captions(cap_config, params, split, dataset.vocab, config.eval)
   metrics = evaluation.caption_metrics(split, captions, spice_dir=config.eval.spice_dir or None,
                                        include_meteor=config.eval.meteor)
-  scores = {name: scorer.score_texts(captions, split.name) for name, scorer in scorers.items()}
+  scores = {name: scorer.score_texts(captions, split) for name, scorer in scorers.items()}
   evaluation.write_eval(out_dir, split, captions, scores, metrics)
   shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   line = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
