@@ -33,6 +33,7 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/scst_lxmert.py")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices
   import jax  # pylint: disable=g-import-not-at-top
 
   if _MULTIHOST.value or _CONFIG.value.get("multihost"):

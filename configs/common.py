@@ -124,7 +124,10 @@ def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
   scst = ml_collections.ConfigDict(dict(
       scorer=scorer, lr=5e-5, grad_clip=0.1, num_samples=5, baseline="greedy",
       images_per_batch=10, epochs=20, total_steps=0, max_length=16, temperature=1.0,
-      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000))
+      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000,
+      # False on COCO: image inputs of 113k images do not fit in host memory, so the step
+      # computes them (once per image, not per caption) from the stored regions / pixels.
+      cache_image_inputs=data == "synthetic"))
   if data == "synthetic":
     # A few hundred steps on a CPU: a larger step size than the paper's so the change shows.
     scst.update(lr=5e-4, epochs=0, total_steps=300, images_per_batch=16, log_every_steps=25,

@@ -56,6 +56,12 @@ class LoadedScorer:
 
     return reward_fn
 
+  @functools.cached_property
+  def image_inputs_fn(self):
+    """(scorer_params, raw scorer images) -> image inputs; jittable (for in-step use)."""
+    module, config = self.module, self.config
+    return lambda scorer_params, images: module.image_inputs(scorer_params, config, images)
+
   def unrepresentable_words(self) -> list[str]:
     return tokens.unrepresentable_words(self.words, self.tokenizer, self.fmt)
 
@@ -63,10 +69,11 @@ class LoadedScorer:
   def image_inputs(self, split: Split, batch_size: int = 256) -> dict[str, np.ndarray]:
     """The scorer's caption-independent inputs for every image of `split` (host arrays, cached)."""
     if split.name not in self._image_cache:
-      fn = jax.jit(lambda p, images: self.module.image_inputs(p, self.config, images))
+      fn = jax.jit(self.image_inputs_fn)
       outputs = []
-      for real, images in training.host_batches(split.scorer_images(), batch_size):
-        out = jax.device_get(fn(self.params, images))
+      # Batch by index so lazily read stores (COCO regions) are never loaded whole.
+      for real, batch in training.host_batches({"index": np.arange(len(split))}, batch_size):
+        out = jax.device_get(fn(self.params, split.scorer_images(batch["index"])))
         outputs.append(jax.tree_util.tree_map(lambda x, r=real: np.asarray(x)[:r], out))
       self._image_cache[split.name] = jax.tree_util.tree_map(
           lambda *xs: np.concatenate(xs, axis=0), *outputs)

@@ -25,7 +25,10 @@ import jax.numpy as jnp
 import optax
 
 from vlprobe_jax import captioner as captioner_lib
+from vlprobe_jax import checkpoints
 from vlprobe_jax import decoding
+from vlprobe_jax import evaluation
+from vlprobe_jax import training
 from vlprobe_jax import xe
 
 AXIS = xe.AXIS
@@ -64,14 +67,15 @@ def repeat_images(tree: Any, times: int) -> Any:
 def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, Any],
                     rng: jax.Array, *, config: captioner_lib.CaptionerConfig,
                     reward_fn: RewardFn, num_samples: int, baseline: str, max_length: int,
-                    temperature: float = 1.0):
+                    temperature: float = 1.0, image_inputs_fn: Callable | None = None):
   """One SCST step on one device's shard of images (call through `make_p_scst_step`).
 
   Args:
     state: the captioner TrainState (donated).
     scorer_params: the frozen scorer's params (not donated, never updated).
     batch: "fc_feats" [B, D] and "image_inputs" (the scorer's caption-independent inputs, each
-      with leading dim B).
+      with leading dim B; or, with `image_inputs_fn`, the raw scorer images, turned into inputs
+      here once per image).
     rng: this step's key on this device.
 
   Returns:
@@ -79,6 +83,8 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
   """
   fc = batch["fc_feats"]
   images = batch["image_inputs"]
+  if image_inputs_fn is not None:
+    images = image_inputs_fn(scorer_params, images)
   num_images = fc.shape[0]
   rng_sample, rng_dropout = jax.random.split(rng)
   params = jax.lax.stop_gradient(state.params)
@@ -133,14 +139,14 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
 
 def make_p_scst_step(config: captioner_lib.CaptionerConfig, reward_fn: RewardFn,
                      num_samples: int, baseline: str, max_length: int,
-                     temperature: float = 1.0, devices=None):
+                     temperature: float = 1.0, devices=None, image_inputs_fn=None):
   """pmapped `scst_train_step`: (state, scorer_params, batch, rng), each with a device axis.
 
   The captioner state is donated; the scorer params are not (they are reused every step).
   """
   step = functools.partial(scst_train_step, config=config, reward_fn=reward_fn,
                            num_samples=num_samples, baseline=baseline, max_length=max_length,
-                           temperature=temperature)
+                           temperature=temperature, image_inputs_fn=image_inputs_fn)
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
@@ -160,8 +166,6 @@ def train(config, dataset, stage_dir: str, init_params: Any, scorer, *,
     The params of the best checkpoint (highest mean val reward of greedy captions), or None when
     stopped early.
   """
-  from vlprobe_jax import checkpoints, evaluation, training  # pylint: disable=g-import-not-at-top
-
   scfg = config.scst
   cap_config = xe.captioner_config(config, dataset.vocab.size)
   train_split, val_split = dataset["train"], dataset["val"]
@@ -181,11 +185,15 @@ def train(config, dataset, stage_dir: str, init_params: Any, scorer, *,
 
   devices = jax.local_devices()
   sharding = training.device_sharding(devices)
+  # Cached image inputs (computed once per image for the whole run) suit the synthetic world;
+  # on COCO they would not fit in host memory, so the step computes them once per image per step.
+  cached = scfg.get("cache_image_inputs", True)
   p_step = make_p_scst_step(cap_config, scorer.reward_fn, scfg.num_samples, scfg.baseline,
-                            scfg.max_length, scfg.temperature, devices=devices)
+                            scfg.max_length, scfg.temperature, devices=devices,
+                            image_inputs_fn=None if cached else scorer.image_inputs_fn)
   replicated = training.replicate(state, devices)
   scorer_params = training.replicate(scorer.params, devices)
-  train_images = scorer.image_inputs(train_split)
+  train_images = scorer.image_inputs(train_split) if cached else None
   writer = training.MetricWriter(stage_dir)
   progress = training.Progress(f"scst:{scorer.name}", total, start)
   stop = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
@@ -194,8 +202,9 @@ def train(config, dataset, stage_dir: str, init_params: Any, scorer, *,
         f"{scfg.num_samples} samples a step, baseline {scfg.baseline}, {total} steps", flush=True)
   for step in range(start, stop):
     index = training.batch_indices(len(train_split), scfg.images_per_batch, config.seed, step)
-    batch = {"fc_feats": train_split.fc_feats[index],
-             "image_inputs": jax.tree_util.tree_map(lambda x: x[index], train_images)}
+    images = (jax.tree_util.tree_map(lambda x: x[index], train_images) if cached
+              else train_split.scorer_images(index))
+    batch = {"fc_feats": train_split.fc_feats[index], "image_inputs": images}
     batch = jax.device_put(training.shard(batch, len(devices)), sharding)
     keys = jax.device_put(training.device_keys(step_rng, step, len(devices)), sharding)
     # Everything the step needs is on the device already: any hidden transfer is an error.
