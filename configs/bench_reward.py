@@ -23,9 +23,10 @@ between float32 and bfloat16. The summary is also written as JSON to `out_json`.
 Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
 `profile_dir` writes a JAX profiler trace of a few steps and parts there (off by default).
 
-Time: a few minutes per scorer on one GPU (mostly compilation and the PyTorch reference); the
-`runlocal` smoke test (tiny sizes) takes seconds on a CPU; the real sizes on a CPU take minutes
-per step and are only a check that everything runs.
+Time: about 2-3 minutes per scorer and batch size on one H200 (50 images; mostly setup,
+compilation and the PyTorch reference); each further batch size recompiles. The `runlocal` smoke
+test (tiny sizes) takes under a minute on a 2-core CPU; the real sizes on a CPU take minutes and
+are only a check that everything runs.
 """
 
 import os

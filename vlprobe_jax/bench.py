@@ -159,17 +159,12 @@ def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[
     embeds = rng.normal(size=(num_images, setup.scorer.config.projection_dim))
     return {"image_embeds": (embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
                              ).astype(np.float32)}
-  feat_dim = getattr(setup.scorer.config, "visual_feat_dim", 2048)
-  corner = rng.uniform(0.0, 0.7, size=(num_images, NUM_REGIONS, 2))
-  size = rng.uniform(0.1, 0.3, size=(num_images, NUM_REGIONS, 2))
-  return {"region_feats": np.maximum(rng.normal(size=(num_images, NUM_REGIONS, feat_dim)), 0.0
-                                     ).astype(np.float32),
+  shape = (num_images, NUM_REGIONS)
+  feats = rng.normal(size=shape + (getattr(setup.scorer.config, "visual_feat_dim", 2048),))
+  corner, size = rng.uniform(0.0, 0.7, shape + (2,)), rng.uniform(0.1, 0.3, shape + (2,))
+  return {"region_feats": np.maximum(feats, 0.0).astype(np.float32),  # post-ReLU like real ones
           "region_boxes": np.concatenate([corner, corner + size], axis=-1).astype(np.float32),
-          "region_mask": np.ones((num_images, NUM_REGIONS), np.int32)}
-
-
-def _median(seconds: list[float]) -> float:
-  return float(statistics.median(seconds))
+          "region_mask": np.ones(shape, np.int32)}
 
 
 def _compile(fn, *args) -> tuple[Any, float]:
@@ -179,7 +174,7 @@ def _compile(fn, *args) -> tuple[Any, float]:
 
 
 def _time_calls(call, warmup: int, repeats: int, steps: int) -> list[float]:
-  """Seconds per call: median-ready list over repeats of `steps` back-to-back calls."""
+  """Seconds per call, one value per repeat of `steps` back-to-back calls, after warm-up."""
   for _ in range(warmup):
     jax.block_until_ready(call())
   times = []
@@ -195,7 +190,7 @@ def _time_calls(call, warmup: int, repeats: int, steps: int) -> list[float]:
 
 def _part(seconds: list[float], images: int, captions: int | None,
           compile_s: float | None = None) -> dict[str, Any]:
-  median = _median(seconds)
+  median = float(statistics.median(seconds))
   return {"ms_per_step": 1e3 * median, "images_per_s": images / median,
           "captions_per_s": None if captions is None else captions / median,
           "compile_s": compile_s, "repeats_ms": [1e3 * s for s in seconds]}
@@ -259,24 +254,20 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any,
   score = jax.pmap(lambda p, ids, mask, images: module.score(p, scorer.config, ids, mask, images),
                    devices=devices)
   fc, images = batch["fc_feats"], batch["image_inputs"]
-  decode_c, decode_compile = _compile(decode, params, fc, keys)
+  compile_s = {}
+  decode_c, compile_s["decode"] = _compile(decode, params, fc, keys)
   seqs = decode_c(params, fc, keys)
-  reward_c, reward_compile = _compile(reward, scorer_params, seqs, images)
+  reward_c, compile_s["reward"] = _compile(reward, scorer_params, seqs, images)
   ids, mask = retok(seqs)
   caption_images = jax.pmap(lambda x: _caption_images(x, k), devices=devices)(images)
-  score_c, score_compile = _compile(score, scorer_params, ids, mask, caption_images)
-  timing = (config.warmup, config.repeats, config.steps_per_repeat)
-  parts = {
-      "decode": _part(_time_calls(lambda: decode_c(params, fc, keys), *timing), num_images,
-                      captions, decode_compile),
-      "reward": _part(_time_calls(lambda: reward_c(scorer_params, seqs, images), *timing),
-                      num_images, captions, reward_compile),
-      "score": _part(_time_calls(lambda: score_c(scorer_params, ids, mask, caption_images),
-                                 *timing), num_images, captions, score_compile),
-  }
-  parts["score"]["text_width"] = int(ids.shape[-1])
+  score_c, compile_s["score"] = _compile(score, scorer_params, ids, mask, caption_images)
   calls = {"decode": lambda: decode_c(params, fc, keys),
-           "reward": lambda: reward_c(scorer_params, seqs, images)}
+           "reward": lambda: reward_c(scorer_params, seqs, images),
+           "score": lambda: score_c(scorer_params, ids, mask, caption_images)}
+  timing = (config.warmup, config.repeats, config.steps_per_repeat)
+  parts = {name: _part(_time_calls(call, *timing), num_images, captions, compile_s[name])
+           for name, call in calls.items()}
+  parts["score"]["text_width"] = int(ids.shape[-1])
   return parts, seqs, calls
 
 
@@ -343,7 +334,7 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
   finally:
     iterator.close()
   full = _part(times, num_images, num_images * (k + 1), compile_s)
-  step_s, wait_s = _median(times), _median(waits)
+  step_s, wait_s = statistics.median(times), statistics.median(waits)
   data = {"wait_ms_per_step": 1e3 * wait_s, "step_ms": 1e3 * step_s,
           "wait_fraction": wait_s / step_s}
   scalars = {key: float(value) for key, value in training.unreplicate(measurements).items()}
@@ -435,11 +426,12 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   reference, skipped = run_reference(setup, config, fc[:num_images],
                                      {k: v[:num_images] for k, v in raw.items()})
   ratio = None
-  if reference is not None:
-    ratio = {name: reference["parts"][theirs]["ms_per_step"] / parts[ours]["ms_per_step"]
-             for name, ours, theirs in (("full_step", "full", "full"), ("score", "score", "score"),
-                                        ("decode", "decode", "decode"))}
-  return {"images_per_batch": num_images, "captions_per_step": num_images * (config.num_samples + 1),
+  if reference is not None:  # torch time / jax time of the same part.
+    ratio = {"full_step" if name == "full" else name:
+             reference["parts"][name]["ms_per_step"] / parts[name]["ms_per_step"]
+             for name in ("full", "score", "decode")}
+  return {"images_per_batch": num_images,
+          "captions_per_step": num_images * (config.num_samples + 1),
           "jax": {"parts": parts, "data": full["data"], "measurements": full["measurements"]},
           "torch": reference, "torch_skipped": skipped, "ratio": ratio, "dtype_check": check}
 
