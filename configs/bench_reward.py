@@ -12,7 +12,8 @@ base on 36 regions x 2048; CLIP ViT-B/32 text tower on cached unit image embeddi
 batch of `images_per_batch` images x (num_samples + 1 greedy) captions it prints a table of
 captions/s, images/s and ms/step for:
   jax:   the full compiled SCST step (decode greedy + K samples, re-tokenize, score, update), fed
-         by the BatchIterator from host arrays; decode only; re-tokenize + score; score on
+         by the BatchIterator from host arrays (LXMERT: raw regions, image inputs computed in the
+         step as on COCO, unless cache_image_inputs); decode only; re-tokenize + score; score on
          pre-tokenized ids; the image side (once per image); XLA compile times separately; data
          wait per step against step time;
   torch: the reference pipeline (FC model with a Python decode loop, ids -> strings on the CPU,
@@ -74,6 +75,10 @@ def get_config(arg=None):
   config.repeats = 5
   config.steps_per_repeat = 10
   config.pool_batches = 4  # distinct images in the host pool = pool_batches x batch
+  # Region scorers: False feeds raw regions (36 x 2048) and the step computes the image inputs,
+  # as SCST on COCO does (scst.cache_image_inputs=False); True feeds cached inputs. CLIP always
+  # gets cached image embeddings.
+  config.cache_image_inputs = False
   config.prefetch = 2
   config.reference = True  # also run the PyTorch reference pipeline when torch is importable
   config.reference_repeats = 5

@@ -133,6 +133,8 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
 
   assert summary["scorer"] == scorer and summary["dtype"] == "float32"  # "auto" on the CPU
   assert summary["vocab_size"] == 200 and summary["multi_piece_words"] > 0
+  # LXMERT: raw regions fed, image inputs in the step (as on COCO); CLIP: cached embeddings.
+  assert summary["image_inputs"].startswith("computed" if scorer == "lxmert" else "cached")
   (result,) = summary["results"]
   assert result["images_per_batch"] == 4 and result["captions_per_step"] == 4 * 3
   parts = result["jax"]["parts"]
@@ -145,6 +147,7 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
     assert part["captions_per_s"] == pytest.approx(12 / (part["ms_per_step"] / 1e3))
     assert len(part["repeats_ms"]) == config.repeats
   assert _finite(parts["update"]["ms_per_step"])
+  assert ("image_side" in parts["update"]["derived"]) == (scorer == "lxmert")
   data = result["jax"]["data"]
   assert data["wait_ms_per_step"] >= 0 and 0 <= data["wait_fraction"] < 10
   assert all(_finite(v) for v in result["jax"]["measurements"].values())

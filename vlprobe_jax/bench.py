@@ -209,8 +209,8 @@ def image_side(setup: Setup, raw: dict[str, np.ndarray], chunk: int, config):
     outputs.append(jax.tree_util.tree_map(lambda x, r=real: np.asarray(x)[:r],
                                           jax.device_get(compiled(params, images))))
   pool = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
-  seconds = _time_calls(lambda: compiled(params, batches[0][1]), config.warmup,
-                        config.repeats, 1)
+  on_device = jax.device_put(batches[0][1])  # The step gets its images on the device already.
+  seconds = _time_calls(lambda: compiled(params, on_device), config.warmup, config.repeats, 1)
   return pool, _part(seconds, chunk, None, compile_s)
 
 
@@ -272,12 +272,17 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any,
 
 
 def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images: int,
-                   part_calls: dict) -> dict[str, Any]:
-  """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements."""
+                   part_calls: dict, in_step: bool) -> dict[str, Any]:
+  """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements.
+
+  `pool` holds per image "fc_feats" and "image/<name>": the scorer's cached image inputs, or
+  with `in_step` its raw images, turned into inputs inside the step (the COCO setting).
+  """
   devices, scorer, k = setup.devices, setup.scorer, config.num_samples
   sharding = training.device_sharding(devices)
   p_step = scst.make_p_scst_step(setup.cap_config, scorer.reward_fn, k, config.baseline,
-                                 config.max_length, devices=devices)
+                                 config.max_length, devices=devices,
+                                 image_inputs_fn=scorer.image_inputs_fn if in_step else None)
   tx = xe.make_optimizer(config.lr, config.grad_clip)
   state = training.replicate(xe.TrainState.create(apply_fn=None, params=setup.cap_params, tx=tx),
                              devices)
@@ -394,6 +399,14 @@ def run_reference(setup: Setup, config, fc: np.ndarray, raw: dict[str, np.ndarra
   return result, ""
 
 
+def image_inputs_in_step(setup: Setup, config) -> bool:
+  """Region scorers: the step turns raw regions into inputs unless config.cache_image_inputs.
+
+  CLIP always gets cached image embeddings (its vision tower is not part of the reward).
+  """
+  return setup.name != "clip" and not config.cache_image_inputs
+
+
 def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   """All timings for one batch size."""
   if num_images % len(setup.devices):
@@ -412,12 +425,15 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   parts, seqs, part_calls = time_parts(setup, config, sharded, num_images)
   if image_part is not None:
     parts["image_side"] = image_part
-  pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in images.items()}}
-  full = time_full_step(setup, config, pool, num_images, part_calls)
+  in_step = image_inputs_in_step(setup, config)
+  fed = raw if in_step else images
+  pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in fed.items()}}
+  full = time_full_step(setup, config, pool, num_images, part_calls, in_step)
   parts["full"] = full["full"]
-  update_ms = parts["full"]["ms_per_step"] - parts["decode"]["ms_per_step"] - parts["reward"][
-      "ms_per_step"]
-  parts["update"] = {"ms_per_step": update_ms, "derived": "full - decode - reward"}
+  subtracted = ("decode", "reward") + (("image_side",) if in_step else ())
+  parts["update"] = {"ms_per_step": parts["full"]["ms_per_step"] - sum(
+      parts[name]["ms_per_step"] for name in subtracted), "derived": " - ".join(("full",)
+                                                                                + subtracted)}
   # The dtype check uses device 0's share: its images are the first rows of the batch.
   local = np.asarray(jax.device_get(seqs))[0]
   local_images = len(local) // (config.num_samples + 1)
@@ -438,7 +454,7 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
 
 _ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
          ("reward", "re-tokenize + score"), ("score", "score (pre-tokenized)"),
-         ("update", "update (full - decode - reward)"), ("image_side", "image side (per image)"))
+         ("image_side", "image side (raw regions -> inputs)"), ("update", "update (full - parts above)"))
 _TORCH_ROWS = (("full", "full step (reference)"), ("decode", "decode (Python loop)"),
                ("strings_tokenize", "ids -> strings + tokenizer (CPU)"),
                ("score", "score"), ("update", "reward, backward, Adam"))
@@ -457,7 +473,8 @@ def format_result(summary: dict, result: dict) -> str:
   lines = [f"[bench] {summary['scorer']} | {summary['device']} | scorer {summary['dtype']}, "
            f"captioner {summary['captioner_dtype']}, {summary['vocab_size']:,} logits | "
            f"{result['images_per_batch']} images x ({summary['num_samples']} samples + 1 greedy) "
-           f"= {result['captions_per_step']} captions/step, {summary['max_length']} words max",
+           f"= {result['captions_per_step']} captions/step, {summary['max_length']} words max | "
+           f"image inputs {summary['image_inputs']}",
            f"{'':6} {'part':<34} {'captions/s':>12} {'images/s':>11} {'ms/step':>9} "
            f"{'compile s':>9}"]
   parts = result["jax"]["parts"]
@@ -504,6 +521,8 @@ def run(config) -> dict[str, Any]:
       "max_length": config.max_length, "timing": (f"median of {config.repeats} x "
                                                   f"{config.steps_per_repeat} steps after "
                                                   f"{config.warmup} warm-up"),
+      "image_inputs": ("computed in the step from raw regions" if image_inputs_in_step(
+          setup, config) else "cached per image, fed to the step"),
       "profile_dir": config.profile_dir or None, "results": []}
   print(f"[bench] setup in {time.perf_counter() - start:.1f}s: {summary['multi_piece_words']} of "
         f"{summary['vocab_size'] - 1} captioner words are several scorer tokens (max "
