@@ -454,7 +454,8 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
 
 _ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
          ("reward", "re-tokenize + score"), ("score", "score (pre-tokenized)"),
-         ("image_side", "image side (raw regions -> inputs)"), ("update", "update (full - parts above)"))
+         ("image_side", "image side (raw regions -> inputs)"),
+         ("update", "update (full - parts above)"))
 _TORCH_ROWS = (("full", "full step (reference)"), ("decode", "decode (Python loop)"),
                ("strings_tokenize", "ids -> strings + tokenizer (CPU)"),
                ("score", "score"), ("update", "reward, backward, Adam"))
