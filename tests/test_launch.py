@@ -57,4 +57,4 @@ def test_every_config_builds_with_a_docstring(path):
 
 def test_help_lists_the_flags():
   result = _launch("--help", timeout=120)
-  assert "--config" in result.stdout and "--multihost" in result.stdout
+  assert "--config" in result.stdout and "multihost" in result.stdout
