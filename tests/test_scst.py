@@ -149,3 +149,30 @@ def test_eight_devices_equal_one_device():
   result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_scst_stage_resumes_after_an_interruption(tmp_path):
+  import json
+  from configs import common
+
+  dataset = _with_regions(helpers.tiny_dataset())
+  scorer = _fake_loaded(dataset)
+  config = helpers.tiny_config(str(tmp_path))
+  config.scst = common.scst_block("synthetic", "fake")
+  config.scst.update(total_steps=4, images_per_batch=4, num_samples=2, max_length=6,
+                     log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=1)
+  init = captioner.init_params(xe.captioner_config(config, dataset.vocab.size), jax.random.key(0))
+  stage_dir = str(tmp_path / "scst")
+  assert scst.train(config, dataset, stage_dir, init, scorer, max_steps_this_run=2) is None
+  params = scst.train(config, dataset, stage_dir, init, scorer)  # the same command again
+  assert params is not None
+  with open(f"{stage_dir}/metrics.jsonl") as f:
+    train_steps = [r["step"] for r in map(json.loads, f) if "reward/sample_mean" in r]
+  assert train_steps == [1, 2, 3, 4]  # continued at 3, not restarted at 1
+
+
+def test_words_the_scorer_cannot_represent_are_reported():
+  words = ("", "a", "red", "\u2603", "UNK")
+  scorer = scoring.LoadedScorer("fake", fake_scorer, fake_scorer.Config(),
+                                {"unused": jnp.zeros(())}, words, 6)
+  assert scorer.unrepresentable_words() == ["\u2603"]
