@@ -117,7 +117,7 @@ def captioner_step_fn(config: captioner_lib.CaptionerConfig, params: Any,
                       dropout_rng: jax.Array | None = None) -> StepFn:
   """The FC captioner as a `step_fn`; dropout on its output when `dropout_rng` is given.
 
-  Step t uses the dropout key `fold_in(dropout_rng, t)`, which `xe.teacher_forced_logprobs`
+  Step t uses the dropout key `fold_in(dropout_rng, t)`, which `xe.teacher_forced`
   reproduces so both passes see the same masks.
   """
   model = captioner_lib.FCCaptioner(config)
