@@ -174,3 +174,30 @@ def itm_loss(logits, match, match_index: int):
   loss = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
   accuracy = (jnp.argmax(logits, axis=-1) == target).astype(jnp.float32)
   return loss.mean(), accuracy.mean()
+
+
+def match_score(logits, match_index: int):
+  """100 x the ITM match probability softmax(logits)[:, match_index]: [N] float32."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return 100.0 * jax.nn.softmax(logits.astype("float32"), axis=-1)[:, match_index]
+
+
+def itm_pretrain_loss(model, params, batch, image_inputs, rng, match_index: int):
+  """ITM cross-entropy of `model` with dropout on, for a scorer module's `pretrain_loss`.
+
+  Args:
+    model: the scorer's Flax `Model(config)`, returning (itm_logits [N, 2], out_dict).
+    params: its params.
+    batch: "text_ids", "text_mask" [N, T] int32 and "match" [N] int32 (1 = the caption fits).
+    image_inputs: the model's image inputs for the N captions.
+    rng: the dropout key.
+    match_index: the logit index that means "matched".
+
+  Returns:
+    (loss, {"accuracy": the fraction of pairs the argmax gets right}).
+  """
+  logits, _ = model.apply({"params": params}, batch["text_ids"], batch["text_mask"], image_inputs,
+                          deterministic=False, rngs={"dropout": rng})
+  loss, accuracy = itm_loss(logits, batch["match"], match_index)
+  return loss, {"accuracy": accuracy}

@@ -295,7 +295,7 @@ def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Arra
   if "visual_hidden" not in image_inputs:
     image_inputs = _regions(config, image_inputs)
   logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
+  return common.match_score(logits, MATCH_INDEX)
 
 
 def pretrain_loss(params, config: Config, batch, rng: jax.Array):
@@ -303,11 +303,8 @@ def pretrain_loss(params, config: Config, batch, rng: jax.Array):
 
   Returns (loss, {"accuracy": ...}).
   """
-  logits, _ = Model(config).apply(
-      {"params": params}, batch["text_ids"], batch["text_mask"], _regions(config, batch["images"]),
-      deterministic=False, rngs={"dropout": rng})
-  loss, accuracy = common.itm_loss(logits, batch["match"], MATCH_INDEX)
-  return loss, {"accuracy": accuracy}
+  return common.itm_pretrain_loss(Model(config), params, batch,
+                                  _regions(config, batch["images"]), rng, MATCH_INDEX)
 
 
 def tokenizer(config: Config):

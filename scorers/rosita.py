@@ -244,7 +244,7 @@ def init_params(config: Config, rng: jax.Array):
 def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
   """100 x the ITM match probability, [N] float32. Pure and jittable."""
   logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
+  return common.match_score(logits, MATCH_INDEX)
 
 
 def pretrain_loss(params, config: Config, batch, rng: jax.Array):
@@ -258,11 +258,8 @@ def pretrain_loss(params, config: Config, batch, rng: jax.Array):
   Returns:
     (loss, {"accuracy": the fraction of pairs the argmax gets right}).
   """
-  inputs = image_inputs(params, config, batch["images"])
-  logits, _ = Model(config).apply({"params": params}, batch["text_ids"], batch["text_mask"],
-                                  inputs, deterministic=False, rngs={"dropout": rng})
-  loss, accuracy = common.itm_loss(logits, batch["match"], MATCH_INDEX)
-  return loss, {"accuracy": accuracy}
+  return common.itm_pretrain_loss(Model(config), params, batch,
+                                  image_inputs(params, config, batch["images"]), rng, MATCH_INDEX)
 
 
 def tokenizer(config: Config):

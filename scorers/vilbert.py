@@ -424,7 +424,7 @@ def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str,
 def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
   """100 x P(match) = 100 x softmax(itm_logits)[:, 0] for each caption: [N] float32. Jittable."""
   logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return 100.0 * jax.nn.softmax(logits, axis=-1)[:, MATCH_INDEX]
+  return common.match_score(logits, MATCH_INDEX)
 
 
 def pretrain_loss(params, config: Config, batch: Mapping[str, Any], rng: jax.Array):
@@ -438,11 +438,8 @@ def pretrain_loss(params, config: Config, batch: Mapping[str, Any], rng: jax.Arr
   Returns:
     (mean cross-entropy, {"accuracy": the fraction of pairs the argmax gets right}).
   """
-  inputs = image_inputs(params, config, batch["images"])
-  logits, _ = Model(config).apply({"params": params}, batch["text_ids"], batch["text_mask"],
-                                  inputs, deterministic=False, rngs={"dropout": rng})
-  loss, accuracy = common.itm_loss(logits, batch["match"], MATCH_INDEX)
-  return loss, {"accuracy": accuracy}
+  return common.itm_pretrain_loss(Model(config), params, batch,
+                                  image_inputs(params, config, batch["images"]), rng, MATCH_INDEX)
 
 
 def tokenizer(config: Config):

@@ -61,7 +61,7 @@ def analyse_workdir(config, dataset, scorers: dict, workdir: str) -> dict:
   acfg = _analysis_config(f"runs={workdir}", out_dir, config)
   corpus = runs_lib.Corpus.from_dataset(dataset)
   print(f"[analysis] writing the report to {out_dir} ...", flush=True)
-  result = report.run_from_config(acfg, corpus, score_fns_for(scorers, dataset["test"]))
+  report.run_from_config(acfg, corpus, score_fns_for(scorers, dataset["test"]))
   print(f"[analysis] report: {os.path.join(out_dir, 'report.md')}", flush=True)
   return {"report": os.path.join(out_dir, "report.md")}
 
