@@ -114,9 +114,30 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
 
 
 def scorer_pretrain_block() -> ml_collections.ConfigDict:
-  """Pretraining of the tiny scorers on the synthetic world (scorers/pretrain.py)."""
-  return ml_collections.ConfigDict(dict(steps=600, batch_size=64, lr=1e-3, warmup_steps=50,
-                                        seed=0, log_every_steps=100, max_text_len=0))
+  """Pretraining of the tiny scorers on the synthetic world (scorers/pretrain.py).
+
+  Fields (each scorer reads these, updated by its entry in `per_scorer`):
+    steps, batch_size, lr, warmup_steps, end_lr_fraction: AdamW with linear warmup and cosine
+      decay to lr * end_lr_fraction; weight_decay (kernels and embeddings only), grad_clip.
+    init_std: > 0 re-initialises the model BERT-style (N(0, init_std) kernels and embeddings);
+      0 keeps the module's own initialisers.
+    feature_norm: standardise region features per dimension during training (folded into the
+      first layer afterwards, so the saved scorer reads raw features).
+    dropout_rate: >= 0 replaces the tiny config's dropout; -1 keeps it.
+    negatives: ITM batch fractions of each negative kind ("random": another image's caption,
+      "related": a caption of an image with the same background or a same-coloured shape,
+      "swap": the image's caption with one colour/shape/size word swapped); the rest are
+      positives.
+    max_text_len: > 0 replaces the tokenizer truncation length.
+    model: scorer Config field overrides (e.g. hidden_size), usually set per scorer.
+    per_scorer.<name>: overrides of any field above for one scorer.
+  """
+  return ml_collections.ConfigDict(dict(
+      steps=600, batch_size=64, lr=1e-3, warmup_steps=50, end_lr_fraction=0.0,
+      weight_decay=0.01, grad_clip=1.0, init_std=0.02, feature_norm=True, dropout_rate=0.0,
+      negatives=dict(random=0.25, related=0.125, swap=0.125),
+      seed=0, log_every_steps=100, max_text_len=0, model={},
+      per_scorer={name: {} for name in SCORERS}))
 
 
 def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
@@ -140,12 +161,15 @@ SCORERS = ("clip", "lxmert", "uniter", "rosita", "vilbert")
 
 def scst_config(arg: str | None, scorer: str) -> ml_collections.ConfigDict:
   """An SCST run with `scorer`'s match score as the reward (configs/scst_<scorer>.py)."""
-  config, args = base_config(arg, cross_score=True)
+  # cross_score: score the test captions with every scorer (Table 2); on the synthetic world that
+  # pretrains all five tiny scorers, so it is off by default (configs/analysis.py can cross-score
+  # finished runs with the scorers their workdirs already hold).
+  config, args = base_config(arg, cross_score=False)
   config.workdir = f"workdir/scst_{scorer}{'_coco' if args.data == 'coco' else ''}"
   config.stages = "data,scorers,xe,scst,eval,analysis"
   config.scst = scst_block(args.data, scorer)
   # Scorers that also score the test captions (the paper's Table 2 cross-scoring).
-  config.scorers = ",".join(SCORERS) if args.cross_score and args.data == "synthetic" else scorer
+  config.scorers = ",".join(SCORERS) if args.cross_score else scorer
   config.scorer_checkpoints = ml_collections.ConfigDict({name: "" for name in SCORERS})
   config.scorer_pretrain = scorer_pretrain_block()
   config.scorer_dtype = ""  # "" keeps each scorer's own; "bfloat16" for speed

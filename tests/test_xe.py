@@ -115,3 +115,14 @@ def test_eight_devices_equal_one_device():
                           cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.returncode == 0, result.stdout + result.stderr
   assert "MAXDIFF" in result.stdout
+
+
+def test_hosts_split_the_global_batch():
+  from vlprobe_jax import training
+  whole = training.batch_indices(100, 8, seed=3, step=17, process_index=0, process_count=1)
+  parts = [training.batch_indices(100, 8, seed=3, step=17, process_index=p, process_count=4)
+           for p in range(4)]
+  np.testing.assert_array_equal(np.concatenate(parts), whole)
+  # Every image once per epoch (12 whole batches of 8 out of 100 images).
+  epoch = np.concatenate([training.batch_indices(100, 8, 3, s, 0, 1) for s in range(12)])
+  assert len(set(epoch.tolist())) == 96

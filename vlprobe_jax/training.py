@@ -25,12 +25,26 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
-def batch_indices(num_images: int, images_per_batch: int, seed: int, step: int) -> np.ndarray:
-  """Image indices of global step `step` (epochs of whole batches; the remainder is dropped)."""
+def batch_indices(num_images: int, images_per_batch: int, seed: int, step: int,
+                  process_index: int | None = None, process_count: int | None = None) -> np.ndarray:
+  """This process's image indices of global step `step`.
+
+  The global batch of `images_per_batch` images comes from an epoch permutation (whole batches;
+  the remainder is dropped); on several hosts each process takes its own contiguous slice of it,
+  so together they feed the global batch and the gradients (summed over all devices) are those
+  of one big batch.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if images_per_batch % process_count:
+    raise ValueError(f"images_per_batch={images_per_batch} does not split over {process_count} "
+                     "processes; choose a multiple of the number of hosts.")
   steps_per_epoch = max(num_images // images_per_batch, 1)
   epoch, position = divmod(step, steps_per_epoch)
   order = epoch_order(num_images, seed, epoch)
-  return order[position * images_per_batch:(position + 1) * images_per_batch]
+  batch = order[position * images_per_batch:(position + 1) * images_per_batch]
+  per_process = images_per_batch // process_count
+  return batch[process_index * per_process:(process_index + 1) * per_process]
 
 
 def steps_per_epoch(num_images: int, images_per_batch: int) -> int:
