@@ -132,7 +132,7 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
       "greedy/length_mean": mean(jnp.sum(greedy_seq > 0, axis=1)),
       "sample/eos_rate": mean(jnp.any(sample_seq == 0, axis=1)),
       "sample/entropy": jax.lax.psum(jnp.sum(entropy * mask), AXIS) / global_tokens,
-      "train/grad_norm": optax.global_norm(grads),
+      "train/grad_norm": optax.tree.norm(grads),
   }
   return new_state, measurements
 

@@ -143,7 +143,7 @@ def xe_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array
   new_state = state.apply_gradients(grads=grads)
   measurements = {
       "train/loss": jax.lax.psum(local_loss, AXIS),
-      "train/grad_norm": optax.global_norm(grads),
+      "train/grad_norm": optax.tree.norm(grads),
       "train/ss_prob": ss_prob,
   }
   return new_state, measurements
