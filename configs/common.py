@@ -62,7 +62,7 @@ def xe_block(data: str) -> ml_collections.ConfigDict:
       ss_start_epoch=0, ss_increase_every_epochs=5, ss_increase_prob=0.05, ss_max_prob=0.25,
       log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000, init_from=""))
   if data == "synthetic":
-    xe.update(images_per_batch=20, epochs=6, lr_decay_every_epochs=2,
+    xe.update(images_per_batch=20, epochs=8, lr_decay_every_epochs=2,
               ss_increase_every_epochs=2, log_every_steps=50, eval_every_steps=400,
               checkpoint_every_steps=200)
   return xe
