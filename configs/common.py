@@ -134,8 +134,8 @@ def scorer_pretrain_block() -> ml_collections.ConfigDict:
   """
   return ml_collections.ConfigDict(dict(
       steps=600, batch_size=64, lr=1e-3, warmup_steps=50, end_lr_fraction=0.0,
-      weight_decay=0.01, grad_clip=1.0, init_std=0.02, feature_norm=True, dropout_rate=0.0,
-      negatives=dict(random=0.25, related=0.125, swap=0.125),
+      weight_decay=0.01, grad_clip=1.0, init_std=0.0, feature_norm="standard", dropout_rate=0.0,
+      negatives=dict(random=0.5, related=0.25, swap=0.25), paired=True,
       seed=0, log_every_steps=100, max_text_len=0, model={},
       per_scorer={name: {} for name in SCORERS}))
 
