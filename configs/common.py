@@ -133,11 +133,17 @@ def scorer_pretrain_block() -> ml_collections.ConfigDict:
     per_scorer.<name>: overrides of any field above for one scorer.
   """
   return ml_collections.ConfigDict(dict(
-      steps=600, batch_size=64, lr=1e-3, warmup_steps=50, end_lr_fraction=0.0,
+      steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, end_lr_fraction=0.0,
       weight_decay=0.01, grad_clip=1.0, init_std=0.0, feature_norm="standard", dropout_rate=0.0,
       negatives=dict(random=0.5, related=0.25, swap=0.25), paired=True,
-      seed=0, log_every_steps=100, max_text_len=0, model={},
-      per_scorer={name: {} for name in SCORERS}))
+      seed=0, log_every_steps=200, max_text_len=0, model={},
+      per_scorer=dict(
+          lxmert={}, uniter={}, rosita={},
+          # Half of tiny CLIP's MLP width: 0.52 retrieval accuracy instead of 0.55, 2/3 the time.
+          clip=dict(model=dict(text_mlp=128, vision_mlp=128)),
+          # Two text layers instead of four (co-attention after each): 0.89 val accuracy in 2/3
+          # of the time (four layers: 0.93 after 2,400 steps).
+          vilbert=dict(lr=5e-4, model=dict(num_hidden_layers=2, t_biattention_id=(1, 2))))))
 
 
 def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
