@@ -351,8 +351,10 @@ def pretrain(config, module, dataset, directory: str):
 
 
 def _cache_key(config, module) -> dict:
-  wanted = {"world": config.data.to_dict(), "version": PRETRAIN_VERSION,
-            "pretrain": settings(config.scorer_pretrain, module.NAME)}
+  """What the cached scorer depends on (how often training logs it does not)."""
+  s = settings(config.scorer_pretrain, module.NAME)
+  s.pop("log_every_steps")
+  wanted = {"world": config.data.to_dict(), "version": PRETRAIN_VERSION, "pretrain": s}
   return json.loads(json.dumps(wanted, default=str, sort_keys=True))
 
 

@@ -99,7 +99,7 @@ class PairSampler:
       caption = refs[int(rng.integers(len(refs)))]
       if caption not in self._refsets[i]:
         return caption
-    raise ValueError(f"scorers/pretrain.py: no caption of another image differs from the "
+    raise ValueError(f"scorers/pretrain_pairs.py: no caption of another image differs from the "
                      f"references of {self.split.name} image {i}; the split needs images with "
                      "distinct captions.")
 
