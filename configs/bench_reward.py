@@ -22,7 +22,9 @@ captions/s, images/s and ms/step for:
 and the jax / torch ratios, the device, the dtypes, and the measured difference of the scores
 between float32 and bfloat16. The summary is also written as JSON to `out_json`.
 Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
-`profile_dir` writes a JAX profiler trace of a few steps and parts there (off by default).
+`profile_dir` writes a JAX profiler trace of `profile_steps` full steps there (off by default)
+and prints where the device time went: busy fraction, kernel time by phase of the step, top
+kernels (vlprobe_jax/profile_summary.py).
 
 Time: about 2-3 minutes per scorer and batch size on one H200 (50 images; mostly setup,
 compilation and the PyTorch reference); each further batch size recompiles. The `runlocal` smoke
@@ -82,6 +84,8 @@ def get_config(arg=None):
   config.prefetch = 2
   config.reference = True  # also run the PyTorch reference pipeline when torch is importable
   config.reference_repeats = 5
+  config.reference_images = ""  # batch sizes to run the reference at, e.g. "250"; "" = all
+  config.dtype_check = True  # bf16-vs-fp32 scores, at the first batch size
   config.profile_dir = ""
   config.profile_steps = 3
   config.out_json = f"bench_{args.scorer}.json"

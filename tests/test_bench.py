@@ -173,3 +173,8 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
   if config.profile_dir:
     written = [name for _, _, names in os.walk(config.profile_dir) for name in names]
     assert any(name.endswith(".xplane.pb") for name in written)
+    # A CPU trace has no device events; the summary says so instead of inventing numbers.
+    assert result["profile"]["trace"] and "no device events" in result["profile"]["note"]
+    assert "profile: the trace holds no device events" in printed
+  else:
+    assert result["profile"] is None

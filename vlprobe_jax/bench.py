@@ -33,6 +33,7 @@ import scorers
 from scorers import tokens
 from vlprobe_jax import captioner as captioner_lib
 from vlprobe_jax import decoding
+from vlprobe_jax import profile_summary
 from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
@@ -231,12 +232,12 @@ def _caption_images(images, num_samples):
       lambda x: jnp.concatenate([x, jnp.repeat(x, num_samples, axis=0)], axis=0), images)
 
 
-def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any, dict]:
+def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]:
   """Decode only, re-tokenize + score, score on pre-tokenized ids.
 
   Returns:
-    (parts, the decoded captions [devices, B / devices * (K + 1), T], the parts as calls for
-    the profiler).
+    (parts, the decoded captions [devices, B / devices * (K + 1), T]). "score" runs at the
+    width the reward picks for this batch (`LoadedScorer.width_buckets`).
   """
   k, devices = config.num_samples, setup.devices
   captions = num_images * (k + 1)
@@ -259,6 +260,10 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any,
   seqs = decode_c(params, fc, keys)
   reward_c, compile_s["reward"] = _compile(reward, scorer_params, seqs, images)
   ids, mask = retok(seqs)
+  # The width the reward's lax.switch picks for this batch (its longest caption's bucket).
+  longest = int(np.max(np.sum(np.asarray(jax.device_get(mask)), axis=-1)))
+  bucket = min(w for w in scorer.width_buckets if w >= longest)
+  ids, mask = ids[..., :bucket], mask[..., :bucket]
   caption_images = jax.pmap(lambda x: _caption_images(x, k), devices=devices)(images)
   score_c, compile_s["score"] = _compile(score, scorer_params, ids, mask, caption_images)
   calls = {"decode": lambda: decode_c(params, fc, keys),
@@ -267,12 +272,13 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any,
   timing = (config.warmup, config.repeats, config.steps_per_repeat)
   parts = {name: _part(_time_calls(call, *timing), num_images, captions, compile_s[name])
            for name, call in calls.items()}
-  parts["score"]["text_width"] = int(ids.shape[-1])
-  return parts, seqs, calls
+  parts["score"]["text_width"] = bucket
+  parts["score"]["longest_caption_tokens"] = longest
+  return parts, seqs
 
 
 def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images: int,
-                   part_calls: dict, in_step: bool) -> dict[str, Any]:
+                   in_step: bool) -> dict[str, Any]:
   """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements.
 
   `pool` holds per image "fc_feats" and "image/<name>": the scorer's cached image inputs, or
@@ -324,18 +330,20 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
       jax.block_until_ready((state, measurements))
       times.append((time.perf_counter() - start) / config.steps_per_repeat)
       waits.append((iterator.wait_seconds - waited) / config.steps_per_repeat)
+    profile = None
     if config.profile_dir:
       path = os.path.join(config.profile_dir, f"{setup.name}_images{num_images}")
+      os.makedirs(path, exist_ok=True)
+      # The optimized HLO names each kernel's ops (and their named scopes) for the summary.
+      with open(os.path.join(path, profile_summary.HLO_FILE), "w") as f:
+        f.write(compiled.as_text())
       with jax.profiler.trace(path):
         for i in range(config.profile_steps):
           with jax.profiler.StepTraceAnnotation("scst_step", step_num=i):
             state, measurements = run_step(compiled, state)
-            jax.block_until_ready(measurements)
-        for name, call in part_calls.items():
-          with jax.profiler.TraceAnnotation(f"{name}_only"):
-            jax.block_until_ready(call())
-      print(f"[bench] profile of {config.profile_steps} steps and the parts written to {path}",
-            flush=True)
+        jax.block_until_ready((state, measurements))
+      profile = profile_summary.summarize(path, config.profile_steps)
+      print(f"[bench] profile of {config.profile_steps} steps written to {path}", flush=True)
   finally:
     iterator.close()
   full = _part(times, num_images, num_images * (k + 1), compile_s)
@@ -343,7 +351,7 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
   data = {"wait_ms_per_step": 1e3 * wait_s, "step_ms": 1e3 * step_s,
           "wait_fraction": wait_s / step_s}
   scalars = {key: float(value) for key, value in training.unreplicate(measurements).items()}
-  return {"full": full, "data": data, "measurements": scalars}
+  return {"full": full, "data": data, "measurements": scalars, "profile": profile}
 
 
 def dtype_check(setup: Setup, seqs: np.ndarray, raw: dict[str, np.ndarray],
@@ -407,8 +415,9 @@ def image_inputs_in_step(setup: Setup, config) -> bool:
   return setup.name != "clip" and not config.cache_image_inputs
 
 
-def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
-  """All timings for one batch size."""
+def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
+                reference: bool = True) -> dict[str, Any]:
+  """All timings for one batch size (and the bf16-vs-fp32 score check when `check_dtype`)."""
   if num_images % len(setup.devices):
     raise ValueError(f"config.images_per_batch: {num_images} images do not split over "
                      f"{len(setup.devices)} devices; use a multiple of the device count.")
@@ -422,13 +431,17 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   sharded = jax.tree_util.tree_map(
       lambda x: jax.device_put(x.reshape((len(setup.devices), -1) + x.shape[1:]),
                                training.device_sharding(setup.devices)), first)
-  parts, seqs, part_calls = time_parts(setup, config, sharded, num_images)
+  parts, seqs = time_parts(setup, config, sharded, num_images)
   if image_part is not None:
     parts["image_side"] = image_part
   in_step = image_inputs_in_step(setup, config)
   fed = raw if in_step else images
+  if in_step and setup.scorer.config.dtype == "bfloat16":
+    # The scorer casts regions to its compute dtype first thing (scorers/<name>.py `_regions`),
+    # so feeding them as bfloat16 gives the same scores and halves the bytes the host moves.
+    fed = dict(raw, region_feats=raw["region_feats"].astype(jnp.bfloat16))
   pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in fed.items()}}
-  full = time_full_step(setup, config, pool, num_images, part_calls, in_step)
+  full = time_full_step(setup, config, pool, num_images, in_step)
   parts["full"] = full["full"]
   subtracted = ("decode", "reward") + (("image_side",) if in_step else ())
   parts["update"] = {"ms_per_step": parts["full"]["ms_per_step"] - sum(
@@ -438,9 +451,12 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   local = np.asarray(jax.device_get(seqs))[0]
   local_images = len(local) // (config.num_samples + 1)
   check = dtype_check(setup, local, {k: v[:local_images] for k, v in raw.items()},
-                      config.num_samples)
-  reference, skipped = run_reference(setup, config, fc[:num_images],
-                                     {k: v[:num_images] for k, v in raw.items()})
+                      config.num_samples) if check_dtype and config.dtype_check else None
+  if reference:
+    reference, skipped = run_reference(setup, config, fc[:num_images],
+                                       {k: v[:num_images] for k, v in raw.items()})
+  else:
+    reference, skipped = None, f"not at {num_images} images (config.reference_images)"
   ratio = None
   if reference is not None:  # torch time / jax time of the same part.
     ratio = {"full_step" if name == "full" else name:
@@ -449,7 +465,8 @@ def bench_batch(setup: Setup, config, num_images: int) -> dict[str, Any]:
   return {"images_per_batch": num_images,
           "captions_per_step": num_images * (config.num_samples + 1),
           "jax": {"parts": parts, "data": full["data"], "measurements": full["measurements"]},
-          "torch": reference, "torch_skipped": skipped, "ratio": ratio, "dtype_check": check}
+          "torch": reference, "torch_skipped": skipped, "ratio": ratio, "dtype_check": check,
+          "profile": full["profile"]}
 
 
 _ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
@@ -495,10 +512,16 @@ def format_result(summary: dict, result: dict) -> str:
   lines.append(f"data: BatchIterator wait {data['wait_ms_per_step']:.3f} ms/step vs step "
                f"{data['step_ms']:.2f} ms ({100 * data['wait_fraction']:.1f}%)")
   check = result["dtype_check"]
-  lines.append(f"bf16 vs fp32 scores ({check['captions']} captions): max |diff| "
-               f"{check['max_abs_diff']:.3f}, mean |diff| {check['mean_abs_diff']:.3f} (fp32 "
-               f"scores mean {check['fp32_mean']:.2f}, std {check['fp32_std']:.3f}); advantage "
-               f"signs agree {100 * check['advantage_sign_agreement']:.1f}%")
+  if check is None:
+    lines.append("bf16 vs fp32 scores: not checked here (only at the first batch size, when "
+                 "config.dtype_check)")
+  else:
+    lines.append(f"bf16 vs fp32 scores ({check['captions']} captions): max |diff| "
+                 f"{check['max_abs_diff']:.3f}, mean |diff| {check['mean_abs_diff']:.3f} (fp32 "
+                 f"scores mean {check['fp32_mean']:.2f}, std {check['fp32_std']:.3f}); advantage "
+                 f"signs agree {100 * check['advantage_sign_agreement']:.1f}%")
+  if result.get("profile"):
+    lines.append(profile_summary.format_summary(result["profile"]))
   return "\n".join(lines)
 
 
@@ -528,15 +551,23 @@ def run(config) -> dict[str, Any]:
   print(f"[bench] setup in {time.perf_counter() - start:.1f}s: {summary['multi_piece_words']} of "
         f"{summary['vocab_size'] - 1} captioner words are several scorer tokens (max "
         f"{summary['max_pieces']})", flush=True)
-  for num_images in batch_sizes(config.images_per_batch):
-    result = bench_batch(setup, config, num_images)
+  reference_sizes = set(batch_sizes(config.reference_images)) if config.reference_images else None
+  for i, num_images in enumerate(batch_sizes(config.images_per_batch)):
+    with_reference = reference_sizes is None or num_images in reference_sizes
+    result = bench_batch(setup, config, num_images, check_dtype=i == 0,
+                         reference=with_reference)
     summary["results"].append(result)
     print(format_result(summary, result), flush=True)
-  summary["seconds"] = time.perf_counter() - start
+    summary["seconds"] = time.perf_counter() - start
+    if config.out_json:  # After every batch size, so a run cut short keeps what it measured.
+      _write_json(summary, config.out_json)
   if config.out_json:
-    directory = os.path.dirname(os.path.abspath(config.out_json))
-    os.makedirs(directory, exist_ok=True)
-    with open(config.out_json, "w") as f:
-      json.dump(summary, f, indent=1)
     print(f"[bench] summary written to {config.out_json}", flush=True)
   return summary
+
+
+def _write_json(summary: dict, path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(path + ".tmp", path)

@@ -26,6 +26,20 @@ from vlprobe_jax import training
 from vlprobe_jax.data.dataset import Split
 
 
+# Narrower text widths the reward may score at; each is one more compiled copy of the scorer.
+_BUCKET_WIDTHS = (16, 24, 32, 40, 48)
+
+
+def text_width_buckets(full_width: int) -> tuple[int, ...]:
+  """The widths the compiled reward chooses from: the narrower ones worth a branch, then full.
+
+  A narrower width is kept only when it saves at least 4 positions (a branch that saves less
+  costs more compile time than it gives back): CLIP's 77 -> (16, 24, 32, 40, 48, 77), a
+  BERT-style 20 -> (16, 20), the synthetic world's 18 -> (18,).
+  """
+  return tuple(w for w in _BUCKET_WIDTHS if w <= full_width - 4) + (full_width,)
+
+
 @dataclasses.dataclass
 class LoadedScorer:
   """One scorer of a run (see scorers/registry.py for the module contract)."""
@@ -42,17 +56,34 @@ class LoadedScorer:
     self.fmt = self.module.text_format(self.config)
     self.table = tokens.build_table(self.words, self.tokenizer, self.fmt)
     self.width = tokens.max_width(self.table, self.max_caption_length)
+    self.width_buckets = text_width_buckets(self.width)
     self._image_cache: dict[str, dict[str, np.ndarray]] = {}
 
   # -- inside the compiled step --------------------------------------------------------------
   @functools.cached_property
   def reward_fn(self):
-    """(scorer_params, word_ids [N, T], image_inputs) -> scores [N]; jittable."""
-    module, config, table, width = self.module, self.config, self.table, self.width
+    """(scorer_params, word_ids [N, T], image_inputs) -> scores [N]; jittable.
+
+    The captions are re-tokenized at the worst-case width, then scored at the narrowest of
+    `width_buckets` that holds the batch's longest caption (`lax.switch`): only padding is cut,
+    as when a tokenizer pads to the longest caption of a batch, so the scores are the same.
+    """
+    module, config, table = self.module, self.config, self.table
+    width, buckets = self.width, self.width_buckets
+
+    def score_at(bucket):
+      return lambda p, ids, mask, images: module.score(p, config, ids[:, :bucket],
+                                                       mask[:, :bucket], images)
+
+    branches = [score_at(bucket) for bucket in buckets]
 
     def reward_fn(scorer_params, word_ids, image_inputs):
       ids, mask = tokens.retokenize(table, word_ids, width)
-      return module.score(scorer_params, config, ids, mask, image_inputs)
+      if len(branches) == 1:
+        return branches[0](scorer_params, ids, mask, image_inputs)
+      longest = jnp.max(jnp.sum(mask, axis=-1))
+      bucket = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), longest.astype(jnp.int32))
+      return jax.lax.switch(bucket, branches, scorer_params, ids, mask, image_inputs)
 
     return reward_fn
 

@@ -84,22 +84,26 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
   fc = batch["fc_feats"]
   images = batch["image_inputs"]
   if image_inputs_fn is not None:
-    images = image_inputs_fn(scorer_params, images)
+    with jax.named_scope("image_inputs"):
+      images = image_inputs_fn(scorer_params, images)
   num_images = fc.shape[0]
   rng_sample, rng_dropout = jax.random.split(rng)
   params = jax.lax.stop_gradient(state.params)
 
-  greedy_seq, _ = decoding.decode_captions(config, params, fc, max_length, method="greedy")
-  fc_samples = jnp.repeat(fc, num_samples, axis=0)
-  init = decoding.initial_state(config, params, fc_samples)
-  sample_seq, _ = decoding.sample(decoding.captioner_step_fn(config, params, rng_dropout), init,
-                                  num_images * num_samples, max_length, rng_sample, temperature)
+  # The named scopes label the phases in profiler traces (vlprobe_jax/profile_summary.py).
+  with jax.named_scope("decode"):
+    greedy_seq, _ = decoding.decode_captions(config, params, fc, max_length, method="greedy")
+    fc_samples = jnp.repeat(fc, num_samples, axis=0)
+    init = decoding.initial_state(config, params, fc_samples)
+    sample_seq, _ = decoding.sample(decoding.captioner_step_fn(config, params, rng_dropout), init,
+                                    num_images * num_samples, max_length, rng_sample, temperature)
 
   # One scorer call for greedy and samples together.
   all_seq = jnp.concatenate([greedy_seq, sample_seq], axis=0)
   all_images = jax.tree_util.tree_map(
       lambda x: jnp.concatenate([x, jnp.repeat(x, num_samples, axis=0)], axis=0), images)
-  scores = jax.lax.stop_gradient(reward_fn(scorer_params, all_seq, all_images))
+  with jax.named_scope("reward"):
+    scores = jax.lax.stop_gradient(reward_fn(scorer_params, all_seq, all_images))
   greedy_scores = scores[:num_images]
   sample_scores = scores[num_images:].reshape(num_images, num_samples)
   advantage = advantages(sample_scores, greedy_scores, baseline).reshape(-1)
@@ -114,9 +118,11 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
     loss = policy_gradient_loss(token_logprobs, advantage, mask, global_tokens)
     return loss, entropy
 
-  (local_loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
-  new_state = state.apply_gradients(grads=grads)
+  with jax.named_scope("policy_gradient"):
+    (local_loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.psum(grads, AXIS)
+  with jax.named_scope("update"):
+    new_state = state.apply_gradients(grads=grads)
 
   def mean(x):
     return jax.lax.pmean(jnp.mean(x), AXIS)
