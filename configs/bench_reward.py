@@ -4,7 +4,8 @@ Command:
   python launch.py --config=configs/bench_reward.py:scorer=lxmert
   python launch.py --config=configs/bench_reward.py:scorer=clip
   python launch.py --config=configs/bench_reward.py:scorer=lxmert \
-      --config.images_per_batch=50,250,1000 --config.profile_dir=/tmp/prof_lxmert
+      --config.images_per_batch=250,1000 --config.reference_images=250 \
+      --config.profile_dir=/tmp/prof_lxmert      # the BENCHMARKS.md runs
   python launch.py --config=configs/bench_reward.py:scorer=lxmert,runlocal   # CPU smoke test
 
 At the real sizes with random weights (FC-LSTM: 9,488 logits, 512 wide, 2048-d features; LXMERT
@@ -26,8 +27,9 @@ Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-b
 and prints where the device time went: busy fraction, kernel time by phase of the step, top
 kernels (vlprobe_jax/profile_summary.py).
 
-Time: about 2-3 minutes per scorer and batch size on one H200 (50 images; mostly setup,
-compilation and the PyTorch reference); each further batch size recompiles. The `runlocal` smoke
+Time on one H200: about 2 minutes per scorer and batch size (mostly compilation, about 30 s
+for the full step and as much for the parts, and the PyTorch reference); each further batch
+size recompiles. The `runlocal` smoke
 test (tiny sizes) takes under a minute on a 2-core CPU; the real sizes on a CPU take minutes and
 are only a check that everything runs.
 """

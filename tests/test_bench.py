@@ -16,6 +16,7 @@ import pytest
 from configs import bench_reward
 from scorers import tokens
 from vlprobe_jax import bench
+from vlprobe_jax import bench_setup
 from vlprobe_jax import captioner as captioner_lib
 from vlprobe_jax import decoding
 
@@ -36,7 +37,7 @@ def one_torch_thread():
 
 
 def test_benchmark_words_are_realistic_for_both_tokenizers():
-  words = bench.benchmark_words(9487, 0.08)
+  words = bench_setup.benchmark_words(9487, 0.08)
   assert len(words) == 9488 and words[0] == "" and words[-1] == "UNK"
   assert len(set(words)) == len(words)
   bert = tokens.bert_tokenizer()
@@ -47,26 +48,26 @@ def test_benchmark_words_are_realistic_for_both_tokenizers():
   clip = tokens.clip_tokenizer()
   clip_table = tokens.build_table(words, clip, tokens.TextFormat(49406, 49407, 49407, 77))
   assert np.mean(clip_table.npieces[1:] > 1) > multi  # BPE splits more words than WordPiece
-  assert bench.benchmark_words(9487, 0.08) == words  # seeded
+  assert bench_setup.benchmark_words(9487, 0.08) == words  # seeded
 
 
 def test_benchmark_words_rejects_bad_sizes():
   with pytest.raises(ValueError, match="vocab_words"):
-    bench.benchmark_words(1, 0.1)
+    bench_setup.benchmark_words(1, 0.1)
   with pytest.raises(ValueError, match="more whole words"):
-    bench.benchmark_words(40000, 0.0)
+    bench_setup.benchmark_words(40000, 0.0)
 
 
 def test_batch_sizes_and_dtype():
-  assert bench.batch_sizes("50,250, 1000") == [50, 250, 1000]
-  assert bench.batch_sizes(8) == [8]
+  assert bench_setup.batch_sizes("50,250, 1000") == [50, 250, 1000]
+  assert bench_setup.batch_sizes(8) == [8]
   for bad in ("", "fifty", "0,4"):
     with pytest.raises(ValueError, match="images_per_batch"):
-      bench.batch_sizes(bad)
-  assert bench.resolve_dtype("auto", "cpu") == "float32"
-  assert bench.resolve_dtype("auto", "gpu") == "bfloat16"
+      bench_setup.batch_sizes(bad)
+  assert bench_setup.resolve_dtype("auto", "cpu") == "float32"
+  assert bench_setup.resolve_dtype("auto", "gpu") == "bfloat16"
   with pytest.raises(ValueError, match="config.dtype"):
-    bench.resolve_dtype("float16", "gpu")
+    bench_setup.resolve_dtype("float16", "gpu")
 
 
 def test_config_defaults_are_the_real_sizes():
@@ -84,7 +85,7 @@ def test_config_defaults_are_the_real_sizes():
 def test_random_params_have_the_init_tree():
   config = captioner_lib.CaptionerConfig(vocab_size=12, fc_dim=6, embed_size=4, rnn_size=5)
   init = lambda rng: captioner_lib.init_params(config, rng)
-  params = bench.random_params(init, config, seed=0)
+  params = bench_setup.random_params(init, config, seed=0)
   expected = jax.eval_shape(init, jax.random.key(0))
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, expected)

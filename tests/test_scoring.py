@@ -6,7 +6,7 @@ import numpy as np
 
 from scorers import clip
 from scorers import tokens
-from vlprobe_jax import bench
+from vlprobe_jax import bench_setup
 from vlprobe_jax import scoring
 
 
@@ -19,7 +19,7 @@ def test_width_buckets_keep_only_branches_that_save_positions():
 def _clip_scorer():
   config = clip.tiny_config()
   params = clip.init_params(config, jax.random.key(0))
-  words = bench.benchmark_words(300, 0.3, seed=0)
+  words = bench_setup.benchmark_words(300, 0.3, seed=0)
   return scoring.LoadedScorer("clip", clip, config, params, words, max_caption_length=16)
 
 

@@ -1,7 +1,7 @@
 """Reward throughput: the compiled SCST step, its parts, and the reference PyTorch pipeline.
 
 `run(config)` (configs/bench_reward.py) builds a random-weight FC captioner and scorer at the
-configured sizes and, for each batch size, times on all local devices (pmap):
+configured sizes (`bench_setup`) and, for each batch size, times on all local devices (pmap):
   * "full step": `scst.make_p_scst_step` (greedy + K samples, re-tokenize, score, update) fed by
     `data.pipeline.BatchIterator` from host arrays, with the data wait per step against the
     step time;
@@ -9,7 +9,8 @@ configured sizes and, for each batch size, times on all local devices (pmap):
     captions; "score": the scorer on ids already re-tokenized; "update" is derived
     (full - decode - reward); "image side": the scorer's caption-independent work per image;
 and XLA compile time of each. Then the reference pipeline (`bench_torch`) on the same batch,
-the ratios, and the difference of the scores between float32 and bfloat16 compute.
+the ratios, the difference of the scores between float32 and bfloat16 compute, and with
+`profile_dir` a profile summary (`profile_summary`); `bench_table` prints it all.
 Timings: `jax.block_until_ready`, warm-up excluded, median over `repeats` of
 `steps_per_repeat` back-to-back calls (dispatch overlapping compute, as in training).
 """
@@ -20,7 +21,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import statistics
 import time
 from typing import Any
@@ -29,144 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import scorers
 from scorers import tokens
-from vlprobe_jax import captioner as captioner_lib
+from vlprobe_jax import bench_table
 from vlprobe_jax import decoding
 from vlprobe_jax import profile_summary
-from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
 from vlprobe_jax import xe
+from vlprobe_jax.bench_setup import Setup, batch_sizes, build, raw_images
 from vlprobe_jax.data.pipeline import BatchIterator
-
-NUM_REGIONS = 36
-_WHOLE_WORD = re.compile(r"[a-z]+")
-
-
-def benchmark_words(num_words: int, multi_piece_fraction: float, seed: int = 0) -> tuple[str, ...]:
-  """A captioner vocabulary of `num_words` words (UNK included), plus '' at id 0.
-
-  Whole-word entries of the bundled bert-base-uncased vocabulary in its (roughly frequency)
-  order, a `multi_piece_fraction` share replaced by compounds of two common words that are not
-  BERT tokens themselves ("skate" + "park"), so that, as in COCO's vocabulary, most words are one
-  WordPiece and some are several; the CLIP BPE split follows from the same words.
-  """
-  if num_words < 2 or not 0.0 <= multi_piece_fraction <= 1.0:
-    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words}, multi_piece_fraction="
-                     f"{multi_piece_fraction}; expected >= 2 words and a fraction in [0, 1].")
-  with open(tokens.BERT_UNCASED_VOCAB, encoding="utf-8") as f:
-    bert = [line.rstrip("\n") for line in f]
-  whole = [w for w in bert if _WHOLE_WORD.fullmatch(w) and (len(w) > 1 or w == "a")]
-  content = num_words - 1
-  num_compounds = int(round(content * multi_piece_fraction))
-  if content - num_compounds > len(whole):
-    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words} needs more whole words than "
-                     f"the {len(whole)} in {tokens.BERT_UNCASED_VOCAB}; lower vocab_words.")
-  common = [w for w in whole[:3000] if len(w) >= 3]
-  taken, compounds = set(bert), []
-  rng = np.random.default_rng(seed)
-  while len(compounds) < num_compounds:
-    first, second = rng.integers(0, len(common), 2)
-    word = common[first] + common[second]
-    if word not in taken:
-      taken.add(word)
-      compounds.append(word)
-  return ("",) + tuple(whole[:content - num_compounds]) + tuple(compounds) + ("UNK",)
-
-
-def batch_sizes(value: Any) -> list[int]:
-  """config.images_per_batch ("50" or "50,250,1000" or an int) -> [50, 250, 1000]."""
-  try:
-    sizes = [int(part) for part in str(value).split(",") if part.strip()]
-  except ValueError:
-    sizes = []
-  if not sizes or min(sizes) < 1:
-    raise ValueError(f"config.images_per_batch={value!r}: expected positive integers separated "
-                     "by commas, e.g. '50' or '50,250,1000'.")
-  return sizes
-
-
-def resolve_dtype(dtype: str, platform: str) -> str:
-  if dtype == "auto":
-    return "float32" if platform == "cpu" else "bfloat16"
-  if dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.dtype={dtype!r}: expected 'auto', 'float32' or 'bfloat16'.")
-  return dtype
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything the timings share: the models at their sizes and the host image pool."""
-  name: str
-  module: Any
-  scorer: scoring.LoadedScorer  # in the benchmark's compute dtype
-  cap_config: captioner_lib.CaptionerConfig
-  cap_params: Any
-  devices: list
-
-
-def random_params(init_fn, config, seed: int):
-  """Random params in the tree and shapes of `init_fn(rng)`, without compiling the model.
-
-  Weights ~ N(0, 0.02) (BERT's and CLIP's initializer range), biases 0, LayerNorm scales 1,
-  CLIP's temperature at its initial value. Throughput does not depend on the values, and
-  compiling a model's init costs more than the benchmark itself on a CPU.
-  """
-  shapes = jax.eval_shape(init_fn, jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = getattr(path[-1], "key", str(path[-1]))
-    if name == "scale":
-      value = np.ones(leaf.shape, np.float32)
-    elif name == "bias":
-      value = np.zeros(leaf.shape, np.float32)
-    elif name == "logit_scale":
-      value = np.full(leaf.shape, getattr(config, "logit_scale_init", 0.0), np.float32)
-    else:
-      value = 0.02 * rng.standard_normal(leaf.shape, np.float32)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def build(config, devices) -> Setup:
-  """Random-weight captioner and scorer at the configured sizes."""
-  platform = devices[0].platform
-  module = scorers.get(config.scorer)
-  if config.scorer_checkpoint:  # Real weights make the bf16 check meaningful; speed is the same.
-    base, scorer_params = module.load(config.scorer_checkpoint)
-  else:
-    base = module.tiny_config() if config.scorer_size == "tiny" else module.default_config()
-    scorer_params = random_params(lambda rng: module.init_params(base, rng), base, config.seed)
-  scorer_config = dataclasses.replace(base, dtype=resolve_dtype(config.dtype, platform))
-  words = benchmark_words(config.vocab_words, config.multi_piece_fraction, config.seed)
-  cap = config.captioner
-  cap_config = captioner_lib.CaptionerConfig(
-      vocab_size=len(words), fc_dim=cap.fc_dim, embed_size=cap.embed_size,
-      rnn_size=cap.rnn_size, dropout=cap.dropout, dtype=cap.dtype)
-  cap_params = random_params(lambda rng: captioner_lib.init_params(cap_config, rng), cap_config,
-                             config.seed + 1)
-  scorer = scoring.LoadedScorer(config.scorer, module, scorer_config, scorer_params, words,
-                                config.max_length,
-                                source=config.scorer_checkpoint or "random init")
-  return Setup(config.scorer, module, scorer, cap_config, cap_params, devices)
-
-
-def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Random scorer inputs per image: CLIP unit embeddings, else 36 regions x 2048 with boxes."""
-  if setup.name == "clip":
-    embeds = rng.normal(size=(num_images, setup.scorer.config.projection_dim))
-    return {"image_embeds": (embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
-                             ).astype(np.float32)}
-  shape = (num_images, NUM_REGIONS)
-  feats = rng.normal(size=shape + (getattr(setup.scorer.config, "visual_feat_dim", 2048),))
-  corner, size = rng.uniform(0.0, 0.7, shape + (2,)), rng.uniform(0.1, 0.3, shape + (2,))
-  return {"region_feats": np.maximum(feats, 0.0).astype(np.float32),  # post-ReLU like real ones
-          "region_boxes": np.concatenate([corner, corner + size], axis=-1).astype(np.float32),
-          "region_mask": np.ones(shape, np.int32)}
-
 
 def _compile(fn, *args) -> tuple[Any, float]:
   start = time.perf_counter()
@@ -469,62 +340,6 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
           "profile": full["profile"]}
 
 
-_ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
-         ("reward", "re-tokenize + score"), ("score", "score (pre-tokenized)"),
-         ("image_side", "image side (raw regions -> inputs)"),
-         ("update", "update (full - parts above)"))
-_TORCH_ROWS = (("full", "full step (reference)"), ("decode", "decode (Python loop)"),
-               ("strings_tokenize", "ids -> strings + tokenizer (CPU)"),
-               ("score", "score"), ("update", "reward, backward, Adam"))
-
-
-def _row(pipeline: str, label: str, part: dict) -> str:
-  def fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-  return (f"{pipeline:<6} {label:<34} {fmt(part.get('captions_per_s'), ',.0f'):>12} "
-          f"{fmt(part.get('images_per_s'), ',.1f'):>11} {fmt(part.get('ms_per_step'), '.2f'):>9} "
-          f"{fmt(part.get('compile_s'), '.1f'):>9}")
-
-
-def format_result(summary: dict, result: dict) -> str:
-  """The printed table of one batch size."""
-  lines = [f"[bench] {summary['scorer']} | {summary['device']} | scorer {summary['dtype']}, "
-           f"captioner {summary['captioner_dtype']}, {summary['vocab_size']:,} logits | "
-           f"{result['images_per_batch']} images x ({summary['num_samples']} samples + 1 greedy) "
-           f"= {result['captions_per_step']} captions/step, {summary['max_length']} words max | "
-           f"image inputs {summary['image_inputs']}",
-           f"{'':6} {'part':<34} {'captions/s':>12} {'images/s':>11} {'ms/step':>9} "
-           f"{'compile s':>9}"]
-  parts = result["jax"]["parts"]
-  lines += [_row("jax", label, parts[key]) for key, label in _ROWS if key in parts]
-  torch_result = result["torch"]
-  if torch_result is None:
-    lines.append(f"torch  reference skipped: {result['torch_skipped']}")
-  else:
-    lines += [_row("torch", label, torch_result["parts"][key]) for key, label in _TORCH_ROWS]
-    ratio = result["ratio"]
-    lines.append(f"ratio jax/torch: full step {ratio['full_step']:.1f}x, score "
-                 f"{ratio['score']:.1f}x, decode {ratio['decode']:.1f}x | torch on "
-                 f"{torch_result['device']}, {torch_result['tokenizer']}, "
-                 f"{torch_result['scorer']}, autocast {torch_result['autocast']}, text width "
-                 f"{torch_result['text_width']:.1f} (jax {parts['score']['text_width']})")
-  data = result["jax"]["data"]
-  lines.append(f"data: BatchIterator wait {data['wait_ms_per_step']:.3f} ms/step vs step "
-               f"{data['step_ms']:.2f} ms ({100 * data['wait_fraction']:.1f}%)")
-  check = result["dtype_check"]
-  if check is None:
-    lines.append("bf16 vs fp32 scores: not checked here (only at the first batch size, when "
-                 "config.dtype_check)")
-  else:
-    lines.append(f"bf16 vs fp32 scores ({check['captions']} captions): max |diff| "
-                 f"{check['max_abs_diff']:.3f}, mean |diff| {check['mean_abs_diff']:.3f} (fp32 "
-                 f"scores mean {check['fp32_mean']:.2f}, std {check['fp32_std']:.3f}); advantage "
-                 f"signs agree {100 * check['advantage_sign_agreement']:.1f}%")
-  if result.get("profile"):
-    lines.append(profile_summary.format_summary(result["profile"]))
-  return "\n".join(lines)
-
-
 def run(config) -> dict[str, Any]:
   """Runs the benchmark of configs/bench_reward.py; prints tables, writes and returns a summary."""
   devices = jax.local_devices()
@@ -557,7 +372,7 @@ def run(config) -> dict[str, Any]:
     result = bench_batch(setup, config, num_images, check_dtype=i == 0,
                          reference=with_reference)
     summary["results"].append(result)
-    print(format_result(summary, result), flush=True)
+    print(bench_table.format_result(summary, result), flush=True)
     summary["seconds"] = time.perf_counter() - start
     if config.out_json:  # After every batch size, so a run cut short keeps what it measured.
       _write_json(summary, config.out_json)
