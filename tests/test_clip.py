@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorers import clip, common
+from scorers import clip, clip_checkpoint, common
 import scorers
 
 torch = pytest.importorskip("torch")
@@ -303,7 +303,7 @@ def test_contract():
   assert (large.vision_width, large.vision_layers, large.patch_size, large.projection_dim) == (
       1024, 24, 14, 768)
   # transformers' CLIPConfig defaults are the ViT-B/32 sizes.
-  from_hf = clip.config_from_hf(transformers.CLIPConfig())
+  from_hf = clip_checkpoint.config_from_hf(transformers.CLIPConfig())
   assert dataclasses.replace(from_hf, logit_scale_init=base.logit_scale_init) == base
   assert abs(from_hf.logit_scale_init - base.logit_scale_init) < 1e-4  # ln(1 / 0.07), rounded.
   assert clip.tiny_config().vocab_size == 49408 and clip.tiny_config().context_length == 77

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vlprobe_jax.data import feature_store as fs
+from vlprobe_jax.data import feature_store_cli
 from vlprobe_jax.data import features
 
 DIM = 8
@@ -182,13 +183,13 @@ def test_clip_store_with_a_caller_embed_fn(tmp_path, caplog):
 def test_command_line_build_info_and_help(tmp_path, capsys):
   _fc_folder(tmp_path / "fc", [3, 1])
   out = str(tmp_path / "store")
-  assert fs.main(["build", "--kind", "fc", "--source", str(tmp_path / "fc"), "--out", out,
+  assert feature_store_cli.main(["build", "--kind", "fc", "--source", str(tmp_path / "fc"), "--out", out,
                   "--feature-dim", str(DIM)]) == 0
-  assert fs.main(["info", out]) == 0
+  assert feature_store_cli.main(["info", out]) == 0
   printed = capsys.readouterr().out
   assert "fc store, 2 images, finished" in printed and f"fc: [{DIM}] float32" in printed
   with pytest.raises(SystemExit) as exit_info:
-    fs.main(["build", "--help"])
+    feature_store_cli.main(["build", "--help"])
   assert exit_info.value.code == 0
   help_text = capsys.readouterr().out
   for option in ("--kind", "--source", "--out", "--on-error", "--max-regions", "--embed-fn"):
@@ -211,7 +212,7 @@ def test_command_line_clip_build_with_an_embed_fn_module(tmp_path, monkeypatch):
 
   module.make = make
   monkeypatch.setitem(sys.modules, "fake_clip_module", module)
-  assert fs.main(["build", "--kind", "clip", "--source", str(tmp_path / "images"),
+  assert feature_store_cli.main(["build", "--kind", "clip", "--source", str(tmp_path / "images"),
                   "--out", str(tmp_path / "store"), "--embed-fn", "fake_clip_module:make",
                   "--checkpoint", "/ckpt", "--image-size", "8"]) == 0
   store = fs.FeatureStore(str(tmp_path / "store"), "clip")
