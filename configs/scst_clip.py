@@ -10,7 +10,8 @@ Runs the missing stages in the workdir (default `workdir/scst_clip`): the synthe
 tiny clip scorer pretrained on it (or the given checkpoint), XE training, SCST from the best XE
 checkpoint, greedy test captions of both scored by every configured scorer with their
 captioning metrics (`{xe,scst}/eval/`), and the analysis report (`analysis/report.md`).
-Time on a 2-core CPU (synthetic world): about 10-15 minutes from scratch.
+Time on a 2-core CPU (synthetic world): about 4 minutes from scratch (LXMERT: 232 s, see
+BENCHMARKS.md); about 2 minutes when its workdir already holds the data and XE stages.
 """
 
 from configs import common
