@@ -3,23 +3,26 @@
 Command:
   python launch.py --config=configs/bench_reward.py:scorer=lxmert
   python launch.py --config=configs/bench_reward.py:scorer=clip
+  python launch.py --config=configs/bench_reward.py:scorer=uniter   # also rosita, vilbert
   python launch.py --config=configs/bench_reward.py:scorer=lxmert \
       --config.images_per_batch=250,1000 --config.reference_images=250 \
       --config.profile_dir=/tmp/prof_lxmert      # the BENCHMARKS.md runs
   python launch.py --config=configs/bench_reward.py:scorer=lxmert,runlocal   # CPU smoke test
 
 At the real sizes with random weights (FC-LSTM: 9,488 logits, 512 wide, 2048-d features; LXMERT
-base on 36 regions x 2048; CLIP ViT-B/32 text tower on cached unit image embeddings), for each
+base, UNITER-base, ROSITA-base, ViLBERT on 36 regions x 2048; CLIP ViT-B/32 text tower on cached
+unit image embeddings), for each
 batch of `images_per_batch` images x (num_samples + 1 greedy) captions it prints a table of
 captions/s, images/s and ms/step for:
   jax:   the full compiled SCST step (decode greedy + K samples, re-tokenize, score, update), fed
-         by the BatchIterator from host arrays (LXMERT: raw regions, image inputs computed in the
-         step as on COCO, unless cache_image_inputs); decode only; re-tokenize + score; score on
+         by the BatchIterator from host arrays (region scorers: raw regions, image inputs
+         computed in the step as on COCO, unless cache_image_inputs); decode only; re-tokenize + score; score on
          pre-tokenized ids; the image side (once per image); XLA compile times separately; data
          wait per step against step time;
   torch: the reference pipeline (FC model with a Python decode loop, ids -> strings on the CPU,
          Hugging Face fast tokenizer, PyTorch scorer, reward, backward, Adam) with its parts,
-         when torch is importable and `reference` is True;
+         when torch is importable and `reference` is True; LXMERT and CLIP only (transformers
+         has no UNITER, ROSITA or ViLBERT model to build one from);
 and the jax / torch ratios, the device, the dtypes, and the measured difference of the scores
 between float32 and bfloat16. The summary is also written as JSON to `out_json`.
 Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
@@ -40,7 +43,7 @@ import ml_collections
 
 from configs import common
 
-SCORERS = ("lxmert", "clip")
+SCORERS = ("lxmert", "clip", "uniter", "rosita", "vilbert")
 
 
 def get_config(arg=None):

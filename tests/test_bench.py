@@ -79,7 +79,7 @@ def test_config_defaults_are_the_real_sizes():
   assert config.out_json == "bench_clip.json" and config.profile_dir == ""
   assert bench_reward.get_config(None).scorer == "lxmert"
   with pytest.raises(ValueError, match="supports"):
-    bench_reward.get_config("scorer=uniter")
+    bench_reward.get_config("scorer=blip")
 
 
 def test_random_params_have_the_init_tree():
@@ -179,3 +179,21 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
     assert "profile: the trace holds no device events" in printed
   else:
     assert result["profile"] is None
+
+
+@pytest.mark.parametrize("scorer", ["uniter", "rosita", "vilbert"])
+def test_runlocal_smoke_of_the_scorers_without_a_reference(scorer, tmp_path, capsys):
+  config = bench_reward.get_config(f"scorer={scorer},runlocal")
+  config.out_json = str(tmp_path / "bench.json")
+  summary = bench.run(config)
+  printed = capsys.readouterr().out
+  (result,) = summary["results"]
+  parts = result["jax"]["parts"]
+  assert set(parts) == {"full", "decode", "reward", "score", "update", "image_side"}
+  assert all(parts[name]["ms_per_step"] > 0 for name in ("full", "decode", "reward", "score"))
+  assert summary["image_inputs"].startswith("computed")
+  assert result["torch"] is None and result["ratio"] is None
+  expected = "no PyTorch reference" if HAS_TORCH else "torch is not importable"
+  assert expected in result["torch_skipped"] and expected in printed
+  assert all(_finite(v) for v in result["jax"]["measurements"].values())
+  assert result["dtype_check"]["captions"] == 12

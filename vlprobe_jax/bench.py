@@ -263,6 +263,9 @@ def run_reference(setup: Setup, config, fc: np.ndarray, raw: dict[str, np.ndarra
     from vlprobe_jax import bench_torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     return None, f"torch is not importable ({error})"
+  if setup.name not in bench_torch.REFERENCE_SCORERS:
+    return None, (f"no PyTorch reference for {setup.name} (transformers has no such model; "
+                  f"references: {', '.join(bench_torch.REFERENCE_SCORERS)})")
   result = bench_torch.run_reference(
       scorer_name=setup.name, scorer_config=setup.scorer.config, cap_config=setup.cap_config,
       cap_params=jax.device_get(setup.cap_params), words=setup.scorer.words,
@@ -307,9 +310,10 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
     parts["image_side"] = image_part
   in_step = image_inputs_in_step(setup, config)
   fed = raw if in_step else images
-  if in_step and setup.scorer.config.dtype == "bfloat16":
-    # The scorer casts regions to its compute dtype first thing (scorers/<name>.py `_regions`),
-    # so feeding them as bfloat16 gives the same scores and halves the bytes the host moves.
+  if in_step and setup.name == "lxmert" and setup.scorer.config.dtype == "bfloat16":
+    # LXMERT casts regions to its compute dtype first thing (scorers/lxmert.py `_regions`), so
+    # feeding them as bfloat16 gives the same scores and halves the bytes the host moves. The
+    # other region scorers read them in float32 (ViLBERT averages them), so they get float32.
     fed = dict(raw, region_feats=raw["region_feats"].astype(jnp.bfloat16))
   pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in fed.items()}}
   full = time_full_step(setup, config, pool, num_images, in_step)

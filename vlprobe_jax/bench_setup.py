@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scorers
+from scorers import pretrain
 from scorers import tokens
 from vlprobe_jax import captioner as captioner_lib
 from vlprobe_jax import scoring
@@ -118,7 +119,9 @@ def build(config, devices) -> Setup:
   if config.scorer_checkpoint:  # Real weights make the bf16 check meaningful; speed is the same.
     base, scorer_params = module.load(config.scorer_checkpoint)
   else:
-    base = module.tiny_config() if config.scorer_size == "tiny" else module.default_config()
+    # Tiny: the test sizes with the real tokenizer's vocabulary (the ids it gives must embed).
+    base = (pretrain.world_config(module) if config.scorer_size == "tiny"
+            else module.default_config())
     scorer_params = random_params(lambda rng: module.init_params(base, rng), base, config.seed)
   scorer_config = dataclasses.replace(base, dtype=resolve_dtype(config.dtype, platform))
   words = benchmark_words(config.vocab_words, config.multi_piece_fraction, config.seed)

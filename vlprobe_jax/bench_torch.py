@@ -162,6 +162,8 @@ class ClipReference(nn.Module):
 
 
 _SCORERS = {"lxmert": LxmertReference, "clip": ClipReference}
+# UNITER, ROSITA and ViLBERT have no PyTorch model in `transformers` to build a reference from.
+REFERENCE_SCORERS = tuple(_SCORERS)
 
 
 def device_name(device: torch.device) -> str:
