@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from scorers import clip
+from scorers import uniter
 from scorers import tokens
 from vlprobe_jax import bench_setup
 from vlprobe_jax import scoring
@@ -44,3 +46,11 @@ def test_bucketed_reward_equals_scoring_at_the_full_width():
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0,
                                err_msg=f"longest caption {longest} tokens")
   assert longest > 16  # The long batch did use a wider bucket than the short one.
+
+
+def test_a_tokenizer_with_ids_beyond_the_model_vocabulary_is_refused():
+  config = uniter.tiny_config()  # vocab_size 100; the cased BERT tokenizer gives ids to 28,995
+  words = bench_setup.benchmark_words(50, 0.0, seed=0)
+  with pytest.raises(ValueError, match=r"token ids up to \d+, but the model's vocab_size is 100"):
+    scoring.LoadedScorer("uniter", uniter, config, {}, words, max_caption_length=16,
+                         source="tiny.pt")

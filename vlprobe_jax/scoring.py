@@ -57,7 +57,23 @@ class LoadedScorer:
     self.table = tokens.build_table(self.words, self.tokenizer, self.fmt)
     self.width = tokens.max_width(self.table, self.max_caption_length)
     self.width_buckets = text_width_buckets(self.width)
+    self._check_token_ids()
     self._image_cache: dict[str, dict[str, np.ndarray]] = {}
+
+  def _check_token_ids(self) -> None:
+    """The tokenizer's ids must fit the model's embedding table (JAX embeds others as NaN)."""
+    vocab_size = getattr(self.config, "vocab_size", None)
+    if vocab_size is None:
+      return
+    fmt = self.fmt
+    ids = [int(np.max(self.table.pieces, initial=0)), int(np.max(self.table.prompt_ids, initial=0)),
+           fmt.bos_id, fmt.eos_id, fmt.pad_id]
+    if max(ids) >= vocab_size:
+      raise ValueError(
+          f"scorer {self.name} ({self.source or 'given params'}): its tokenizer gives token ids up "
+          f"to {max(ids)}, but the model's vocab_size is {vocab_size}; expected ids below it. "
+          "The checkpoint and the tokenizer do not match: use the vocabulary the model was "
+          f"trained with (scorers/{self.name}.py `tokenizer`, Config.vocab_path).")
 
   # -- inside the compiled step --------------------------------------------------------------
   @functools.cached_property
