@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import statistics
 import time
@@ -31,8 +30,10 @@ import numpy as np
 
 from scorers import tokens
 from vlprobe_jax import bench_table
+from vlprobe_jax import checkpoints
 from vlprobe_jax import decoding
 from vlprobe_jax import profile_summary
+from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
 from vlprobe_jax import xe
@@ -133,7 +134,7 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]
   ids, mask = retok(seqs)
   # The width the reward's lax.switch picks for this batch (its longest caption's bucket).
   longest = int(np.max(np.sum(np.asarray(jax.device_get(mask)), axis=-1)))
-  bucket = min(w for w in scorer.width_buckets if w >= longest)
+  bucket = scorer.width_buckets[int(scoring.bucket_index(scorer.width_buckets, longest))]
   ids, mask = ids[..., :bucket], mask[..., :bucket]
   caption_images = jax.pmap(lambda x: _caption_images(x, k), devices=devices)(images)
   score_c, compile_s["score"] = _compile(score, scorer_params, ids, mask, caption_images)
@@ -290,7 +291,7 @@ def image_inputs_in_step(setup: Setup, config) -> bool:
 
 
 def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
-                reference: bool = True) -> dict[str, Any]:
+                with_reference: bool = True) -> dict[str, Any]:
   """All timings for one batch size (and the bf16-vs-fp32 score check when `check_dtype`)."""
   if num_images % len(setup.devices):
     raise ValueError(f"config.images_per_batch: {num_images} images do not split over "
@@ -327,7 +328,7 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
   local_images = len(local) // (config.num_samples + 1)
   check = dtype_check(setup, local, {k: v[:local_images] for k, v in raw.items()},
                       config.num_samples) if check_dtype and config.dtype_check else None
-  if reference:
+  if with_reference:
     reference, skipped = run_reference(setup, config, fc[:num_images],
                                        {k: v[:num_images] for k, v in raw.items()})
   else:
@@ -374,19 +375,13 @@ def run(config) -> dict[str, Any]:
   for i, num_images in enumerate(batch_sizes(config.images_per_batch)):
     with_reference = reference_sizes is None or num_images in reference_sizes
     result = bench_batch(setup, config, num_images, check_dtype=i == 0,
-                         reference=with_reference)
+                         with_reference=with_reference)
     summary["results"].append(result)
     print(bench_table.format_result(summary, result), flush=True)
     summary["seconds"] = time.perf_counter() - start
     if config.out_json:  # After every batch size, so a run cut short keeps what it measured.
-      _write_json(summary, config.out_json)
+      os.makedirs(os.path.dirname(os.path.abspath(config.out_json)), exist_ok=True)
+      checkpoints.write_json_atomic(config.out_json, summary)
   if config.out_json:
     print(f"[bench] summary written to {config.out_json}", flush=True)
   return summary
-
-
-def _write_json(summary: dict, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(path + ".tmp", path)

@@ -116,13 +116,13 @@ def summarize(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]:
     return {"trace": None, "note": f"no *.trace.json.gz under {trace_dir}"}
   with gzip.open(path, "rt") as f:
     events = _device_events(json.load(f))
+  if not events:
+    return {"trace": path, "note": "the trace holds no device events (a CPU run has none)"}
   op_names = {}
   hlo_path = os.path.join(trace_dir, HLO_FILE)
   if os.path.exists(hlo_path):
     with open(hlo_path) as f:
       op_names = hlo_op_names(f.read())
-  if not events:
-    return {"trace": path, "note": "the trace holds no device events (a CPU run has none)"}
   steps = max(steps, 1)
   start = min(e["ts"] for e in events)
   end = max(e["ts"] + e["dur"] for e in events)

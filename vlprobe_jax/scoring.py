@@ -40,6 +40,11 @@ def text_width_buckets(full_width: int) -> tuple[int, ...]:
   return tuple(w for w in _BUCKET_WIDTHS if w <= full_width - 4) + (full_width,)
 
 
+def bucket_index(buckets: tuple[int, ...], longest) -> jax.Array:
+  """Index of the narrowest of `buckets` (ascending) that holds `longest` tokens; jittable."""
+  return jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.asarray(longest, jnp.int32))
+
+
 @dataclasses.dataclass
 class LoadedScorer:
   """One scorer of a run (see scorers/registry.py for the module contract)."""
@@ -97,8 +102,7 @@ class LoadedScorer:
       ids, mask = tokens.retokenize(table, word_ids, width)
       if len(branches) == 1:
         return branches[0](scorer_params, ids, mask, image_inputs)
-      longest = jnp.max(jnp.sum(mask, axis=-1))
-      bucket = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), longest.astype(jnp.int32))
+      bucket = bucket_index(buckets, jnp.max(jnp.sum(mask, axis=-1)))
       return jax.lax.switch(bucket, branches, scorer_params, ids, mask, image_inputs)
 
     return reward_fn
