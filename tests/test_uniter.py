@@ -20,27 +20,15 @@ import pytest
 import scorers
 from scorers import common
 from scorers import uniter
+from tests import helpers
+
+# Parity is about the port's math: matmuls at full float32 precision (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("full_float32_matmuls")
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 CKPT = os.path.join(ASSETS, "uniter_tiny.pt")
 # One compiled scorer per (config, shapes), shared by the tests: eager Flax is slow on CPU.
 SCORE = jax.jit(uniter.score, static_argnums=1)
-
-
-@pytest.fixture(autouse=True)
-def full_float32_matmuls():
-  """Parity is about the port's math: on GPUs the default float32 matmul is TF32-like (H200:
-  scores 0.004 points off the golden ones; 1e-5 points at "highest"), so compare at full
-  precision. A no-op on CPU."""
-  with jax.default_matmul_precision("highest"):
-    yield
-
-
-class Opaque:
-  """A Python object that `torch.load(weights_only=True)` refuses to unpickle."""
-
-  def __init__(self, note="not a tensor"):
-    self.note = note
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +234,7 @@ def test_gamma_beta_layer_norm_names_load(tmp_path, golden):
 def test_untrusted_pickle_needs_trust_flag(tmp_path):
   import torch
   state = dict(torch.load(CKPT, weights_only=True))
-  state["note"] = Opaque()
+  state["note"] = helpers.Opaque()
   path = str(tmp_path / "with_object.pt")
   torch.save(state, path)
   with pytest.raises(ValueError, match="trust_pickle=True"):
