@@ -308,9 +308,9 @@ def run_from_config(config, corpus: Corpus, score_fns: Mapping[str, ScoreFn]) ->
       runs[0].workdir or os.path.dirname(runs[0].source), "analysis")
   return analyze(
       runs, corpus, score_fns, out_dir, reference=config.reference,
-      spice_dir=config.spice_dir, include_meteor=config.include_meteor,
+      spice_dir=config.spice_dir or None, include_meteor=config.include_meteor,
       ptb_tokenize=config.ptb_tokenize, recompute_metrics=config.recompute_metrics,
       lm_order=config.lm.order, lm_discount=config.lm.discount,
       lm_unk_cutoff=config.lm.unk_cutoff, top_k=config.top_k, probes=config.probes.enabled,
-      probe_run=config.probes.run, k_values=tuple(config.probes.k_values),
-      probe_max_images=config.probes.max_images, seed=config.seed)
+      probe_run=config.probes.run or None, k_values=tuple(config.probes.k_values),
+      probe_max_images=config.probes.max_images or None, seed=config.seed)

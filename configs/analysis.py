@@ -1,17 +1,20 @@
 r"""The paper's analysis (Tables 2, 4, 5, 7; Figures 2, 3, 4) of finished runs.
 
 Command:
-  python launch.py --config=configs/analysis.py:runs=workdirs/scst_lxmert,workdirs/scst_clip
-  python launch.py --config=configs/analysis.py:captions=other_system.json,out_dir=/tmp/ana
-  python launch.py --config=configs/analysis.py:runs=workdirs/scst_clip,no_meteor,no_probes
+  python launch.py --config=configs/analysis.py:runs=workdir/scst_lxmert,workdir/scst_clip
+  python launch.py --config=configs/analysis.py:runs=workdir/scst_lxmert,captions=other.json,out_dir=/tmp/ana
+  python launch.py --config=configs/analysis.py:runs=workdir/scst_clip,no_meteor,no_probes
 
 Args (comma-separated; a bare path after `runs=` or `captions=` adds another one):
-  runs=<dir>[,<dir>...]     launch.py workdirs (their xe/ and scst/ eval captions);
+  runs=<dir>[,<dir>...]     launch.py workdirs (their xe/ and scst/ eval captions); the first
+                            one's test references and training captions are the corpus;
   captions=<file>[,...]     plain caption files ([{"image_id", "caption"}]) of other systems;
+  scorers=<name>[,...]      the scorers that score every run (default: those the runs used);
   out_dir=<dir>             default: <first workdir>/analysis;
   spice_dir=<dir>           folder with the two Stanford CoreNLP 3.6.0 jars (else no SPICE);
   seed=<int>                the probes' random seed (default 0);
-  no_meteor, no_probes      skip METEOR (its Java start takes ~10-40 s) / the section 5 probes.
+  no_meteor, no_probes      skip METEOR (its Java start takes ~10-40 s) / the section 5 probes;
+  ptb, recompute_metrics    PTB-tokenize captions first / ignore stored metrics.json.
 
 Produces, in out_dir: report.md (every table, markdown), analysis.json (all numbers),
 unigrams.png, probe_replacement.png, probe_visual_words.png.
@@ -21,20 +24,18 @@ the scorers: the language model of the 566k training captions (~30 s), spaCy tag
 5,000 captions; the 25,000 references once for the probes, ~20 s), METEOR (~10-40 s start plus
 ~10 s per run when a run has no metrics.json); the probes score about 11 x 5,000 captions per
 scorer (that part is the scorers' speed). The synthetic world takes seconds.
-
-The launcher builds the `Corpus` (training captions, test references) from the runs' data config
-and the score functions from the scorers in `scorers` (all registered scorers the runs used when
-empty), then calls `analysis.report.run_from_config(config, corpus, score_fns)`.
 """
 
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import common
 
 _LISTS = ("runs", "captions", "scorers")
 _FLAGS = {"no_meteor": ("include_meteor", False), "no_probes": ("probes.enabled", False),
           "ptb": ("ptb_tokenize", True), "recompute_metrics": ("recompute_metrics", True)}
+_VALUES = ("out_dir", "spice_dir", "seed")
 
 
 def parse_arg(arg: str | None) -> dict:
@@ -44,6 +45,9 @@ def parse_arg(arg: str | None) -> dict:
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
     if "=" in token:
       key, value = token.split("=", 1)
+      if key not in _LISTS + _VALUES:
+        raise ValueError(f"configs/analysis.py: unknown argument {key!r}; known: "
+                         f"{', '.join(_LISTS + _VALUES + tuple(_FLAGS))}.")
       current = key if key in _LISTS else None
       if current:
         out[key].append(value)
@@ -63,32 +67,16 @@ def parse_arg(arg: str | None) -> dict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg)
-  config = ml_collections.ConfigDict()
+  config = common.analysis_block()
+  config.entry = "analysis"
   config.runs = tuple(args["runs"])
   config.captions = tuple(args["captions"])
   # Names of the scorers to build score functions for; empty: the ones the runs were scored by.
   config.scorers = tuple(args["scorers"])
-  config.out_dir = args.get("out_dir") or config_dict.placeholder(str)
-  config.spice_dir = args.get("spice_dir") or config_dict.placeholder(str)
+  config.out_dir = args.get("out_dir", "")
+  config.spice_dir = args.get("spice_dir", "")
   config.seed = int(args.get("seed", 0))
-  config.reference = "XE"  # the Table 2 row others are compared with
-  config.include_meteor = True
-  config.ptb_tokenize = False
-  config.recompute_metrics = False  # True: ignore metrics.json, recompute from the captions
-  config.top_k = 10
-
-  # See analysis/lm.py: nltk's KneserNeyInterpolated, fixed discount, rare words as <UNK>.
-  config.lm = ml_collections.ConfigDict()
-  config.lm.order = 3
-  config.lm.discount = 0.75
-  config.lm.unk_cutoff = 2
-
-  config.probes = ml_collections.ConfigDict()
-  config.probes.enabled = True
-  config.probes.run = config_dict.placeholder(str)  # default: the reference run
-  config.probes.k_values = (3, 4, 5, 6, 7)
-  config.probes.max_images = config_dict.placeholder(int)  # None: every eligible image
-
+  config.multihost = False
   for flag, (field, value) in _FLAGS.items():
     if args.get(flag):
       parent = config

@@ -24,11 +24,12 @@ captions/s, images/s and ms/step for:
          when torch is importable and `reference` is True; LXMERT and CLIP only (transformers
          has no UNITER, ROSITA or ViLBERT model to build one from);
 and the jax / torch ratios, the device, the dtypes, and the measured difference of the scores
-between float32 and bfloat16. The summary is also written as JSON to `out_json`.
+between float32 and bfloat16. The summary is also written as JSON to `out_json` (under the
+workdir, default `workdir/bench_<scorer>/bench.json`).
 Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
 `profile_dir` writes a JAX profiler trace of `profile_steps` full steps there (off by default)
 and prints where the device time went: busy fraction, kernel time by phase of the step, top
-kernels (vlprobe_jax/profile_summary.py).
+kernels (vlprobe_jax/bench/profile.py).
 
 Time on one H200: about 2 minutes per scorer and batch size (mostly compilation, about 30 s
 for the full step and as much for the parts, and the PyTorch reference); each further batch
@@ -41,23 +42,22 @@ import os
 
 import ml_collections
 
+import scorers
 from configs import common
-
-SCORERS = ("lxmert", "clip", "uniter", "rosita", "vilbert")
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, scorer="lxmert", runlocal=False)
-  if args.scorer not in SCORERS:
+  if args.scorer not in scorers.names():
     raise ValueError(f"configs/bench_reward.py: scorer={args.scorer!r}; the benchmark supports "
-                     f"{', '.join(SCORERS)}.")
+                     f"{', '.join(scorers.names())}.")
   # JAX reserves 75% of the GPU at start-up (launch.py starts it right after parsing this
   # config); the PyTorch reference in the same process needs memory too. Only read at start-up.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
   config = ml_collections.ConfigDict()
   config.entry = "bench_reward"
-  config.workdir = ""
+  config.workdir = f"workdir/bench_{args.scorer}"
   config.seed = 0
   config.scorer = args.scorer
   config.scorer_size = "default"  # "default" (the released sizes) or "tiny"
@@ -93,7 +93,7 @@ def get_config(arg=None):
   config.dtype_check = True  # bf16-vs-fp32 scores, at the first batch size
   config.profile_dir = ""
   config.profile_steps = 3
-  config.out_json = f"bench_{args.scorer}.json"
+  config.out_json = "bench.json"  # relative paths are under the workdir
   config.multihost = False
 
   if args.runlocal:
@@ -109,5 +109,5 @@ def get_config(arg=None):
     config.pool_batches = 2
     config.reference_repeats = 2
     config.profile_steps = 1
-    config.out_json = f"bench_{args.scorer}_runlocal.json"
+    config.workdir += "_runlocal"
   return config

@@ -1,13 +1,18 @@
-"""Helpers shared by the config files: argument parsing and the blocks every run has.
+"""The blocks the config files share, and the parsing of their arguments.
 
 Config files are `get_config(arg)` functions. `arg` is the text after the colon in
-`--config=configs/scst_lxmert.py:data=coco,runlocal`: comma-separated `key=value` pairs, or bare
-`key` for True. Any field can then be overridden on the command line: `--config.scst.lr=1e-5`.
+`--config=configs/scst.py:scorer=clip,data=coco,runlocal`: comma-separated `key=value` pairs, or
+bare `key` for True. Any field can then be overridden on the command line
+(`--config.scst.lr=1e-5`); `python launch.py --config=<file> --show_config` lists every field.
+Every config names its entry point in `entry` ("stages", "analysis", "bench_reward"); launch.py
+checks it with `vlprobe_jax.validation.validate` before anything runs.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+import scorers
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -18,13 +23,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """
   out = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
+    key, has_value, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
       raise ValueError(f"Unknown config argument {key!r} in {arg!r}. Known arguments: "
                        f"{', '.join(sorted(defaults)) or 'none'}.")
     default = defaults[key]
-    if not _:  # bare key: a flag
+    if not has_value:  # bare key: a flag
       value = "True"
     try:
       if isinstance(default, bool):
@@ -60,7 +65,8 @@ def xe_block(data: str) -> ml_collections.ConfigDict:
       lr=5e-4, lr_decay_every_epochs=3, lr_decay_rate=0.8, grad_clip=0.1,
       images_per_batch=10, epochs=30, total_steps=0,
       ss_start_epoch=0, ss_increase_every_epochs=5, ss_increase_prob=0.05, ss_max_prob=0.25,
-      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000, init_from=""))
+      log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000,
+      keep_checkpoints=2, init_from=""))
   if data == "synthetic":
     xe.update(images_per_batch=20, epochs=8, lr_decay_every_epochs=2,
               ss_increase_every_epochs=2, log_every_steps=50, eval_every_steps=400,
@@ -91,9 +97,10 @@ def data_block(data: str) -> ml_collections.ConfigDict:
 
 def base_config(arg: str | None, **extra_args) -> tuple[ml_collections.ConfigDict,
                                                          ml_collections.ConfigDict]:
-  """The blocks every run has. Returns (config, parsed arg)."""
+  """The blocks every training run has (entry point "stages"). Returns (config, parsed arg)."""
   args = parse_arg(arg, data="synthetic", runlocal=False, **extra_args)
   config = ml_collections.ConfigDict()
+  config.entry = "stages"
   config.seed = 0
   config.workdir = ""
   config.data = data_block(args.data)
@@ -101,6 +108,9 @@ def base_config(arg: str | None, **extra_args) -> tuple[ml_collections.ConfigDic
   config.xe = xe_block(args.data)
   config.eval = eval_block(args.data)
   config.multihost = False
+  # True continues a workdir whose recorded config differs in fields that affect results (the
+  # change is recorded in its config_history.jsonl); see vlprobe_jax/run_record.py.
+  config.accept_config_change = False
   return config, args
 
 
@@ -114,7 +124,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
 
 
 def scorer_pretrain_block() -> ml_collections.ConfigDict:
-  """Pretraining of the tiny scorers on the synthetic world (scorers/pretrain.py).
+  """Pretraining of the tiny scorers on the synthetic world (vlprobe_jax/scorer_pretrain.py).
 
   Fields (each scorer reads these, updated by its entry in `per_scorer`):
     steps, batch_size, lr, warmup_steps, end_lr_fraction: AdamW with linear warmup and cosine
@@ -130,13 +140,14 @@ def scorer_pretrain_block() -> ml_collections.ConfigDict:
       positives.
     max_text_len: > 0 replaces the tokenizer truncation length.
     model: scorer Config field overrides (e.g. hidden_size), usually set per scorer.
+    log_every_steps, checkpoint_every_steps: cadence (an interrupted pretraining resumes).
     per_scorer.<name>: overrides of any field above for one scorer.
   """
   return ml_collections.ConfigDict(dict(
       steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, end_lr_fraction=0.0,
       weight_decay=0.01, grad_clip=1.0, init_std=0.0, feature_norm="standard", dropout_rate=0.0,
       negatives=dict(random=0.5, related=0.25, swap=0.25), paired=True,
-      seed=0, log_every_steps=200, max_text_len=0, model={},
+      seed=0, log_every_steps=200, checkpoint_every_steps=500, max_text_len=0, model={},
       per_scorer=dict(
           lxmert={}, uniter={}, rosita={},
           # Half of tiny CLIP's MLP width: 0.52 retrieval accuracy instead of 0.55, 2/3 the time.
@@ -147,11 +158,17 @@ def scorer_pretrain_block() -> ml_collections.ConfigDict:
 
 
 def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
-  """The paper's SCST settings on COCO (lr 5e-5, 5 samples, greedy baseline, 20 epochs)."""
+  """The paper's SCST settings on COCO (lr 5e-5, 5 samples, greedy baseline, 20 epochs).
+
+  `max_length` on COCO is 20, self-critical.pytorch's `seq_length` (`opt.max_length`, default
+  20, which `configs/fc_rl.yml` keeps; only the XE labels are cut at 16 by prepro): the paper's
+  SCST captions average 19.0-20.0 words (its Table 4), running into that cap.
+  """
   scst = ml_collections.ConfigDict(dict(
       scorer=scorer, lr=5e-5, grad_clip=0.1, num_samples=5, baseline="greedy",
-      images_per_batch=10, epochs=20, total_steps=0, max_length=16, temperature=1.0,
+      images_per_batch=10, epochs=20, total_steps=0, max_length=20, temperature=1.0,
       log_every_steps=100, eval_every_steps=3000, checkpoint_every_steps=1000,
+      keep_checkpoints=2,
       # False on COCO: image inputs of 113k images do not fit in host memory, so the step
       # computes them (once per image, not per caption) from the stored regions / pixels.
       cache_image_inputs=data == "synthetic"))
@@ -163,37 +180,61 @@ def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
     # score after XE 14.0, 2,000-step tiny scorer): mean baseline, lr 2e-4, 600 steps, 5 samples
     # 16.0, 8 samples 21.9, 12 samples 25.4 (8 samples for 1,000 steps 25.7); 5 samples at
     # lr 1e-4 16.9, at lr 5e-4 11.1. With the 600-step scorer the greedy baseline (lr 1e-4)
-    # gained 2 points where the mean baseline gained 11.
+    # gained 2 points where the mean baseline gained 11. The world's captions are at most 16
+    # words, so SCST samples up to 16.
     scst.update(lr=2e-4, epochs=0, total_steps=600, baseline="mean", num_samples=12,
                 images_per_batch=16, log_every_steps=50, eval_every_steps=100,
-                checkpoint_every_steps=100)
+                checkpoint_every_steps=100, max_length=16)
   return scst
 
 
-SCORERS = ("clip", "lxmert", "uniter", "rosita", "vilbert")
+def analysis_block() -> ml_collections.ConfigDict:
+  """The analysis settings (analysis/report.py), shared by configs/analysis.py and the
+  "analysis" stage of a training run."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # the probes' random seed
+  config.reference = "XE"  # the Table 2 row others are compared with
+  config.include_meteor = True
+  config.spice_dir = ""  # a folder with the two Stanford CoreNLP 3.6.0 jars (else no SPICE)
+  config.ptb_tokenize = False
+  config.recompute_metrics = False  # True: ignore metrics.json, recompute from the captions
+  config.top_k = 10
+  # See analysis/lm.py: nltk's KneserNeyInterpolated, fixed discount, rare words as <UNK>.
+  config.lm = ml_collections.ConfigDict(dict(order=3, discount=0.75, unk_cutoff=2))
+  config.probes = ml_collections.ConfigDict()
+  config.probes.enabled = True
+  config.probes.run = ""  # default: the reference run
+  config.probes.k_values = (3, 4, 5, 6, 7)
+  config.probes.max_images = 0  # 0: every eligible image
+  return config
 
 
-def scst_config(arg: str | None, scorer: str) -> ml_collections.ConfigDict:
-  """An SCST run with `scorer`'s match score as the reward (configs/scst_<scorer>.py)."""
+def scst_config(arg: str | None = None, scorer: str | None = None) -> ml_collections.ConfigDict:
+  """An SCST run (configs/scst.py); `scorer` fixes the reward (the scst_<name>.py aliases)."""
   # cross_score: score the test captions with every scorer (Table 2); on the synthetic world that
   # pretrains all five tiny scorers, so it is off by default (configs/analysis.py can cross-score
   # finished runs with the scorers their workdirs already hold).
-  config, args = base_config(arg, cross_score=False)
+  extra = {"cross_score": False} if scorer else {"cross_score": False, "scorer": "lxmert"}
+  config, args = base_config(arg, **extra)
+  scorer = scorer or args.scorer
+  if scorer not in scorers.names():
+    raise ValueError(f"configs/scst.py: scorer={scorer!r}; known scorers: "
+                     f"{', '.join(scorers.names())}.")
   config.workdir = f"workdir/scst_{scorer}{'_coco' if args.data == 'coco' else ''}"
-  config.stages = "data,scorers,xe,scst,eval,analysis"
+  config.stages = ("data", "scorers", "xe", "scst", "eval", "analysis")
   config.scst = scst_block(args.data, scorer)
   # Scorers that also score the test captions (the paper's Table 2 cross-scoring).
-  config.scorers = ",".join(SCORERS) if args.cross_score else scorer
-  config.scorer_checkpoints = ml_collections.ConfigDict({name: "" for name in SCORERS})
+  config.scorers = tuple(scorers.names()) if args.cross_score else (scorer,)
+  config.scorer_checkpoints = ml_collections.ConfigDict({name: "" for name in scorers.names()})
   config.scorer_pretrain = scorer_pretrain_block()
   config.scorer_dtype = ""  # "" keeps each scorer's own; "bfloat16" for speed
   config.trust_pickle = False  # allow full unpickling of .pkl/.pt checkpoints you trust
-  config.analysis = ml_collections.ConfigDict(dict(seed=0, probes=True))
+  config.analysis = analysis_block()
   if args.runlocal:
     apply_runlocal(config)
     config.scst.update(total_steps=4, images_per_batch=4, log_every_steps=2, eval_every_steps=4,
                        checkpoint_every_steps=2)
     config.scorer_pretrain.update(steps=4, batch_size=8, log_every_steps=2)
-    config.scorers = scorer
+    config.scorers = (scorer,)
     config.workdir += "_runlocal"
   return config

@@ -1,21 +1,10 @@
-"""SCST with the LXMERT (9 language, 5 relationship, 5 cross layers; ITM head, match = softmax index 1) match score as the reward.
+"""SCST with the LXMERT reward: an alias of configs/scst.py:scorer=lxmert (its docstring says more).
 
-Command:
-  python launch.py --config=configs/scst_lxmert.py                 # synthetic world, no downloads
-  python launch.py --config=configs/scst_lxmert.py:runlocal        # seconds-long smoke run
-  python launch.py --config=configs/scst_lxmert.py:data=coco \
-      --config.scorer_checkpoints.lxmert=/path/to/checkpoint ...   # COCO, see docs/coco.md
-
-Runs the missing stages in the workdir (default `workdir/scst_lxmert`): the synthetic world, the
-tiny lxmert scorer pretrained on it (or the given checkpoint), XE training, SCST from the best XE
-checkpoint, greedy test captions of both scored by every configured scorer with their
-captioning metrics (`{xe,scst}/eval/`), and the analysis report (`analysis/report.md`).
-Time on a 2-core CPU (synthetic world): about 4 minutes from scratch (LXMERT: 232 s, see
-BENCHMARKS.md); about 2 minutes when its workdir already holds the data and XE stages.
+  python launch.py --config=configs/scst_lxmert.py[:data=coco,runlocal,cross_score]
 """
+
+import functools
 
 from configs import common
 
-
-def get_config(arg=None):
-  return common.scst_config(arg, "lxmert")
+get_config = functools.partial(common.scst_config, scorer="lxmert")

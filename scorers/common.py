@@ -1,4 +1,4 @@
-"""Strict conversion of PyTorch-style state dicts into Flax parameter trees.
+"""Strict conversion of PyTorch-style state dicts into Flax trees, and the ITM scorers' shared parts.
 
 The Flax modules are named after the original PyTorch modules, so a checkpoint key
 `a.b.0.dense.weight` lives at `params["a"]["b_0"]["dense"]["kernel"]` up to a few fixed rules:
@@ -9,18 +9,24 @@ The Flax modules are named after the original PyTorch modules, so a checkpoint k
   * a list index `layer.3` becomes the Flax submodule `layer_3`.
 
 The Flax parameter tree of a freshly initialised model is the schema: every leaf must be filled
-exactly once with the right shape, and every checkpoint key must land somewhere (or be named as
-ignored on purpose). Anything else raises `CheckpointMismatch`, listing all the problems at once.
+exactly once with the right shape and finite values, and every checkpoint key must land somewhere
+or match the module's `IGNORED_KEYS` (regular expressions of heads the scorer does not use,
+dropped on purpose and logged here). Anything else raises `CheckpointMismatch`, listing every
+problem at once, shapes in the checkpoint's own orientation.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
+
+_log = logging.getLogger(__name__)
 
 
 class CheckpointMismatch(ValueError):
@@ -32,7 +38,8 @@ class CheckpointMismatch(ValueError):
     parts = [f"Checkpoint {source} does not match the model config."]
     for title, items in (("missing (in the model, not in the checkpoint)", missing),
                          ("unexpected (in the checkpoint, not in the model)", unexpected),
-                         ("wrong shapes (checkpoint key: found vs expected)", wrong_shapes)):
+                         ("wrong shapes (checkpoint key: checkpoint shape, model expects)",
+                          wrong_shapes)):
       if items:
         shown = "\n    ".join(items[:40])
         more = f"\n    ... and {len(items) - 40} more" if len(items) > 40 else ""
@@ -40,6 +47,10 @@ class CheckpointMismatch(ValueError):
     parts.append("  Check that the config (sizes, layer counts, vocabulary) matches the checkpoint, "
                  "or that the file is the model you meant to load.")
     super().__init__("\n".join(parts))
+
+
+class NonFiniteWeights(ValueError):
+  """A checkpoint holds NaN or Inf values."""
 
 
 def _flax_path(torch_key: str) -> tuple[str, ...]:
@@ -62,6 +73,12 @@ _LEAF_CANDIDATES = {
 }
 
 
+def ignored_keys(state_dict: Mapping[str, Any], ignore: Iterable[str]) -> list[str]:
+  """The keys of `state_dict` that match one of the `ignore` regular expressions, sorted."""
+  patterns = [re.compile(p) for p in ignore]
+  return sorted(k for k in state_dict if any(p.fullmatch(k) for p in patterns))
+
+
 def torch_to_flax(
     state_dict: Mapping[str, np.ndarray],
     template: Mapping[str, Any],
@@ -75,25 +92,29 @@ def torch_to_flax(
   Args:
     state_dict: flat mapping of checkpoint keys to numpy arrays.
     template: the `params` tree of an initialised model (shapes are the schema).
-    source: the file name, used in error messages.
+    source: the file name, used in messages.
     rename: maps a checkpoint key to the module path the Flax model uses for it (dots, list
       indices as `.N`), or None to drop it. Applied before the fixed rules above.
-    ignore: regular expressions of checkpoint keys that are dropped on purpose (heads the scorer
-      does not use); they never count as unexpected.
+    ignore: the module's `IGNORED_KEYS`: regular expressions of checkpoint keys dropped on
+      purpose (heads the scorer does not use); logged, never counted as unexpected.
 
   Returns:
     A params tree with the template's structure, filled with float32 numpy arrays.
 
   Raises:
     CheckpointMismatch: listing every missing, unexpected and mis-shaped key.
+    NonFiniteWeights: naming the tensors that hold NaN or Inf.
   """
   flat_template = traverse_util.flatten_dict(dict(template))
-  ignore_patterns = [re.compile(p) for p in ignore]
+  dropped = set(ignored_keys(state_dict, ignore))
+  if dropped:
+    _log.info("%s: ignoring %d tensors the scorer does not use on purpose: %s", source,
+              len(dropped), ", ".join(sorted(dropped)))
   filled: dict[tuple[str, ...], np.ndarray] = {}
   misshaped: set[tuple[str, ...]] = set()
-  unexpected, wrong_shapes = [], []
+  unexpected, wrong_shapes, non_finite = [], [], []
   for key, value in state_dict.items():
-    if any(p.fullmatch(key) for p in ignore_patterns):
+    if key in dropped:
       continue
     target = rename(key)
     if target is None:
@@ -106,13 +127,17 @@ def torch_to_flax(
       path = module + (flax_leaf,)
       if path not in flat_template:
         continue
-      array = value.T if (transpose and value.ndim == 2) else value
       expected = tuple(flat_template[path].shape)
+      transposed = transpose and value.ndim == 2
+      array = value.T if transposed else value
       if tuple(array.shape) != expected:
-        wrong_shapes.append(f"{key}: {tuple(array.shape)} vs {expected}")
+        in_checkpoint_order = expected[::-1] if transposed else expected
+        wrong_shapes.append(f"{key}: {tuple(value.shape)}, expects {in_checkpoint_order}")
         misshaped.add(path)
       else:
         filled[path] = array.astype(np.float32)
+        if not np.all(np.isfinite(filled[path])):
+          non_finite.append(key)
       placed = True
       break
     if not placed:
@@ -121,43 +146,45 @@ def torch_to_flax(
              if path not in filled and path not in misshaped]
   if missing or unexpected or wrong_shapes:
     raise CheckpointMismatch(source, sorted(missing), sorted(unexpected), sorted(wrong_shapes))
+  if non_finite:
+    raise NonFiniteWeights(f"Checkpoint {source} holds NaN or Inf values in {len(non_finite)} "
+                           f"tensor(s): {', '.join(sorted(non_finite)[:10])}. The file is damaged "
+                           "or came from a diverged run; use another copy.")
   return traverse_util.unflatten_dict(filled)
 
 
-def load_torch_file(path: str, *, trust_pickle: bool = False) -> Any:
-  """Reads a `.pt`/`.bin`/`.pth`/`.pkl` file written by `torch.save`.
-
-  Loads with `weights_only=True` (no arbitrary code runs) unless `trust_pickle` is set.
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str, source: str = "state dict"
+                 ) -> dict[str, Any]:
+  """Removes `prefix` (e.g. 'module.' from DataParallel) from every key that has it.
 
   Raises:
-    ValueError: the file needs a full unpickle; says how to allow it.
+    CheckpointMismatch: a key with the prefix and one without would land on the same name
+      (the checkpoint holds both `x` and `module.x`); both are named.
   """
-  import torch  # Only conversion needs torch.
-
-  try:
-    return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-  except Exception as error:  # torch raises UnpicklingError or RuntimeError here.
-    if trust_pickle:
-      raise
-    raise ValueError(
-        f"Could not read {path} with torch.load(weights_only=True): {error}\n"
-        "The file holds Python objects beyond tensors. If you trust its source, load it with "
-        "trust_pickle=True (config field `trust_pickle=True`), which runs its pickled code.") from error
-
-
-def state_dict_to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Torch tensors (any dtype) -> float32/int numpy arrays, keys unchanged."""
-  out = {}
+  out: dict[str, Any] = {}
+  origin: dict[str, str] = {}
+  clashes = []
   for key, value in state_dict.items():
-    if hasattr(value, "detach"):
-      value = value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
-    out[key] = np.asarray(value)
+    name = key[len(prefix):] if key.startswith(prefix) else key
+    if name in out:
+      clashes.append(f"{origin[name]} and {key} (both become {name})")
+      continue
+    out[name], origin[name] = value, key
+  if clashes:
+    raise CheckpointMismatch(source, [], [f"duplicate after removing {prefix!r}: {c}"
+                                          for c in clashes], [])
   return out
 
 
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-  """Removes `prefix` (e.g. 'module.' from DataParallel) from every key that has it."""
-  return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+# ------------------------------------------------------------------------------------------
+# The parts every ITM scorer shares.
+
+
+def match_score(logits, match_index: int):
+  """100 x the ITM match probability softmax(logits)[:, match_index]: [N] float32."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return 100.0 * jax.nn.softmax(logits.astype("float32"), axis=-1)[:, match_index]
 
 
 def itm_loss(logits, match, match_index: int):
@@ -166,8 +193,8 @@ def itm_loss(logits, match, match_index: int):
   `match_index` is the logit index that means "matched" (1 for most models, 0 for ViLBERT).
   Returns (mean loss, accuracy).
   """
-  import jax
-  import jax.numpy as jnp
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   target = jnp.where(match.astype(bool), match_index, 1 - match_index)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -176,28 +203,43 @@ def itm_loss(logits, match, match_index: int):
   return loss.mean(), accuracy.mean()
 
 
-def match_score(logits, match_index: int):
-  """100 x the ITM match probability softmax(logits)[:, match_index]: [N] float32."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  return 100.0 * jax.nn.softmax(logits.astype("float32"), axis=-1)[:, match_index]
-
-
-def itm_pretrain_loss(model, params, batch, image_inputs, rng, match_index: int):
-  """ITM cross-entropy of `model` with dropout on, for a scorer module's `pretrain_loss`.
+def itm_functions(model, match_index: int, *, image_inputs: Callable, dummy_inputs: Callable,
+                  pretrain_images: Callable | None = None,
+                  score_images: Callable | None = None) -> dict[str, Callable]:
+  """`init_params`, `score` and `pretrain_loss` of an ITM scorer, for `registry.Scorer(...)`.
 
   Args:
-    model: the scorer's Flax `Model(config)`, returning (itm_logits [N, 2], out_dict).
-    params: its params.
-    batch: "text_ids", "text_mask" [N, T] int32 and "match" [N] int32 (1 = the caption fits).
-    image_inputs: the model's image inputs for the N captions.
-    rng: the dropout key.
+    model: the Flax module class; `model(config)(text_ids, text_mask, images, deterministic)`
+      returns (ITM logits [N, 2], out_dict).
     match_index: the logit index that means "matched".
-
-  Returns:
-    (loss, {"accuracy": the fraction of pairs the argmax gets right}).
+    image_inputs: the module's `image_inputs(params, config, images)`.
+    dummy_inputs: `(config) -> (text_ids, text_mask, images)`, tiny inputs for `init`.
+    pretrain_images: `(params, config, raw images) -> model images` during pretraining (default
+      `image_inputs`; LXMERT passes raw regions so its visual layers train with dropout).
+    score_images: `(config, images) -> model images` applied in `score` (default: as given).
   """
-  logits, _ = model.apply({"params": params}, batch["text_ids"], batch["text_mask"], image_inputs,
-                          deterministic=False, rngs={"dropout": rng})
-  loss, accuracy = itm_loss(logits, batch["match"], match_index)
-  return loss, {"accuracy": accuracy}
+  import jax  # pylint: disable=import-outside-toplevel
+
+  pretrain_images = pretrain_images or image_inputs
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def init_params(config, rng):
+    """Random parameters (the `params` collection), float32; compiled once per config."""
+    return model(config).init(rng, *dummy_inputs(config))["params"]
+
+  def score(params, config, text_ids, text_mask, images):
+    """100 x the ITM match probability, [N] float32. Pure and jittable (config static)."""
+    if score_images is not None:
+      images = score_images(config, images)
+    logits, _ = model(config).apply({"params": params}, text_ids, text_mask, images)
+    return match_score(logits, match_index)
+
+  def pretrain_loss(params, config, batch, rng):
+    """ITM cross-entropy with dropout on; returns (loss, {"accuracy": ...})."""
+    images = pretrain_images(params, config, batch["images"])
+    logits, _ = model(config).apply({"params": params}, batch["text_ids"], batch["text_mask"],
+                                    images, deterministic=False, rngs={"dropout": rng})
+    loss, accuracy = itm_loss(logits, batch["match"], match_index)
+    return loss, {"accuracy": accuracy}
+
+  return {"init_params": init_params, "score": score, "pretrain_loss": pretrain_loss}

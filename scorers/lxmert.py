@@ -21,10 +21,7 @@ caption per image this saves about a fifth of the scorer's FLOPs in the SCST ste
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,19 +29,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
+from scorers import registry
 from scorers import tokens
 
-NAME = "lxmert"
-OBJECTIVE = "itm"
 MATCH_INDEX = 1
 
 # BERT-base-uncased specials: LXMERT feeds [CLS] words [SEP], zero-padded, segment ids 0.
 CLS_ID, SEP_ID, PAD_ID = 101, 102, 0
-
-_log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -261,13 +255,12 @@ def _regions(config: Config, images: Mapping[str, Any]) -> dict[str, jax.Array]:
           "region_mask": jnp.asarray(mask, jnp.int32)}
 
 
-def init_params(config: Config, rng: jax.Array):
-  """Random parameters (the `params` collection), float32."""
+def _dummy_inputs(config: Config):
   text = jnp.zeros((1, 4), jnp.int32)
   images = {"region_feats": jnp.zeros((1, 3, config.visual_feat_dim), jnp.float32),
             "region_boxes": jnp.zeros((1, 3, config.visual_pos_dim), jnp.float32),
             "region_mask": jnp.ones((1, 3), jnp.int32)}
-  return Model(config).init(rng, text, jnp.ones_like(text), images)["params"]
+  return text, jnp.ones_like(text), images
 
 
 def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -287,24 +280,9 @@ def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str,
   return {"visual_hidden": visual, "region_mask": regions["region_mask"]}
 
 
-def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
-  """100 x ITM match probability, [N] float32. Pure and jittable (config static).
-
-  `image_inputs` is the output of `image_inputs()` repeated per caption, or raw regions.
-  """
-  if "visual_hidden" not in image_inputs:
-    image_inputs = _regions(config, image_inputs)
-  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return common.match_score(logits, MATCH_INDEX)
-
-
-def pretrain_loss(params, config: Config, batch, rng: jax.Array):
-  """ITM cross-entropy with dropout on; batch["match"] [N] int32, 1 = the caption fits.
-
-  Returns (loss, {"accuracy": ...}).
-  """
-  return common.itm_pretrain_loss(Model(config), params, batch,
-                                  _regions(config, batch["images"]), rng, MATCH_INDEX)
+def _score_images(config: Config, images):
+  """`score` takes the output of `image_inputs` (repeated per caption) or raw regions."""
+  return images if "visual_hidden" in images else _regions(config, images)
 
 
 def tokenizer(config: Config):
@@ -323,8 +301,8 @@ def text_format(config: Config):
 # Checkpoints.
 
 # Heads of LxmertForPreTraining that the scorer does not use, and a buffer some HF versions save.
-_IGNORED = (r"cls\.predictions\..*", r"obj_predict_head\..*", r"answer_head\..*",
-            r"(lxmert|bert)\.embeddings\.position_ids")
+IGNORED_KEYS = (r"cls\.predictions\..*", r"obj_predict_head\..*", r"answer_head\..*",
+                r"(lxmert|bert)\.embeddings\.position_ids")
 
 # Config field -> HF config.json key.
 _HF_FIELDS = {
@@ -336,40 +314,15 @@ _HF_FIELDS = {
 }
 
 
-def _config_from_hf(path: str) -> Config:
-  with open(path) as f:
-    hf = json.load(f)
+def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> Config:
+  """Our Config from a Hugging Face LXMERT config.json (as a dict)."""
   act = hf.get("hidden_act", "gelu")
   if act != "gelu":
-    raise ValueError(f"{path}: hidden_act is {act!r}; this port implements only 'gelu' (erf), "
+    raise ValueError(f"{source}: hidden_act is {act!r}; this port implements only 'gelu' (erf), "
                      "the activation of every released LXMERT.")
   base = default_config()
   return dataclasses.replace(base, **{field: type(getattr(base, field))(hf[key])
                                       for field, key in _HF_FIELDS.items() if key in hf})
-
-
-def _read_hf_weights(directory: str, trust_pickle: bool) -> tuple[dict[str, Any], str]:
-  """The state dict of an HF model directory (single or sharded safetensors, or .bin)."""
-  from safetensors.torch import load_file  # Only conversion needs torch.
-
-  single = os.path.join(directory, "model.safetensors")
-  index = os.path.join(directory, "model.safetensors.index.json")
-  binary = os.path.join(directory, "pytorch_model.bin")
-  if os.path.exists(single):
-    return load_file(single), single
-  if os.path.exists(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
-    state = {}
-    for shard in shards:
-      state.update(load_file(os.path.join(directory, shard)))
-    return state, index
-  if os.path.exists(binary):
-    return common.load_torch_file(binary, trust_pickle=trust_pickle), binary
-  raise FileNotFoundError(
-      f"scorers/lxmert.py: {directory} has config.json but no model.safetensors, "
-      f"model.safetensors.index.json or pytorch_model.bin (found {sorted(os.listdir(directory))}). "
-      "Copy the weights of unc-nlp/lxmert-base-uncased into it.")
 
 
 def _rename(key: str) -> str:
@@ -389,37 +342,33 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
     trust_pickle: allow a full unpickle of `.pth`/`.bin` files (runs code from the file).
 
   Returns:
-    (config, params) with float32 params.
+    (config, params) with float32 numpy params.
 
   Raises:
+    checkpoint_files.CheckpointFileError: the file or directory cannot be read.
     common.CheckpointMismatch: keys missing, unexpected or of the wrong shape (all listed).
   """
   if os.path.isdir(path):
-    config_json = os.path.join(path, "config.json")
-    if config is None:
-      if not os.path.exists(config_json):
-        raise FileNotFoundError(f"scorers/lxmert.py: {path} is a directory without config.json; "
-                                "pass an HF model directory or a .pth file.")
-      config = _config_from_hf(config_json)
-    state, source = _read_hf_weights(path, trust_pickle)
+    hf_config, state, source = checkpoint_files.read_hf_directory(path, trust_pickle=trust_pickle)
+    config = config or config_from_hf(hf_config, os.path.join(path, "config.json"))
   else:
-    if path.endswith(".safetensors"):
-      from safetensors.torch import load_file
-      state = load_file(path)
-    else:
-      state = common.load_torch_file(path, trust_pickle=trust_pickle)
+    state = checkpoint_files.read_weights_file(path, trust_pickle=trust_pickle)
     source, config = path, config or default_config()
-  if not isinstance(state, Mapping):
-    raise ValueError(f"scorers/lxmert.py: {source} holds a {type(state).__name__}, expected a "
-                     "state dict (name -> tensor) as written by torch.save(model.state_dict()).")
-
-  state = common.strip_prefix(common.state_dict_to_numpy(state), "module.")
-  ignored = [k for k in state if any(re.fullmatch(p, k) for p in _IGNORED)]
-  if ignored:
-    heads = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in ignored})
-    _log.info("%s: ignoring %d tensors the scorer does not use (%s).", source, len(ignored),
-              ", ".join(heads))
+  state = common.strip_prefix(state, "module.", source)
   template = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
   params = common.torch_to_flax(state, template, source=source, rename=_rename,
-                                ignore=_IGNORED)
-  return config, jax.tree.map(jnp.asarray, params)
+                                ignore=IGNORED_KEYS)
+  return config, params
+
+
+_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
+                            dummy_inputs=_dummy_inputs,
+                            pretrain_images=lambda params, config, images: _regions(config, images),
+                            score_images=_score_images)
+init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
+
+SCORER = registry.Scorer(
+    name="lxmert", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
+    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
+    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
+    pretrain_loss=pretrain_loss)

@@ -18,26 +18,23 @@ every character that is neither a word character nor a space; [CLS] words [SEP],
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
+from scorers import registry
 from scorers import tokens
 
-NAME = "rosita"
-OBJECTIVE = "itm"
 MATCH_INDEX = 1
 
 # Per-module entries of the original `.pkl` (CKPT_SAVE_MAP) that make up the scorer.
 _MODULES = ("text_embeddings", "visual_embeddings", "backbone", "pooler", "mm_itm_head")
-# Entries skipped on purpose: training state and the pretraining-only heads (MLM, region).
-_SKIPPED = ("epoch", "net_optim", "amp", "text_mlm_head", "imgfeat_head")
-
-_log = logging.getLogger(__name__)
+# Entries dropped on purpose: training state and the pretraining-only heads (MLM, region).
+IGNORED_KEYS = (r"epoch", r"(net_optim|amp)(\..*)?", r"(text_mlm_head|imgfeat_head)\..*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,34 +229,11 @@ def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
           "img_mask": jnp.asarray(images["region_mask"], jnp.int32)}
 
 
-def init_params(config: Config, rng: jax.Array):
-  """Random parameters (the `params` collection) of `Model(config)`."""
+def _dummy_inputs(config: Config):
   text = jnp.ones((1, 2), jnp.int32)
   images = {"imgfeat": jnp.zeros((1, 1, config.img_dim)),
             "bbox": jnp.zeros((1, 1, config.box_dim)), "img_mask": jnp.ones((1, 1), jnp.int32)}
-  # Jitted: run eagerly, Flax init compiles every op separately (seconds on CPU).
-  return jax.jit(lambda key: Model(config).init(key, text, text, images)["params"])(rng)
-
-
-def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
-  """100 x the ITM match probability, [N] float32. Pure and jittable."""
-  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return common.match_score(logits, MATCH_INDEX)
-
-
-def pretrain_loss(params, config: Config, batch, rng: jax.Array):
-  """ITM cross-entropy with dropout on (ROSITA's `itm` pretraining task).
-
-  Args:
-    batch: "text_ids", "text_mask" [N, T] int32; "images": the region dict of the N captions'
-      images (see `image_inputs`); "match" [N] int32, 1 where the caption fits the image.
-    rng: the dropout key.
-
-  Returns:
-    (loss, {"accuracy": the fraction of pairs the argmax gets right}).
-  """
-  return common.itm_pretrain_loss(Model(config), params, batch,
-                                  image_inputs(params, config, batch["images"]), rng, MATCH_INDEX)
+  return text, text, images
 
 
 def tokenizer(config: Config):
@@ -273,10 +247,10 @@ def text_format(config: Config) -> tokens.TextFormat:
 
 
 def _flatten_checkpoint(checkpoint, source: str) -> dict:
-  """The original `{module: state_dict, ...}` dict -> flat `{"module.key": array}`.
+  """The original `{module: state_dict, ...}` dict -> flat `{"module.key": value}`.
 
-  Training state and pretraining heads (`_SKIPPED`) are dropped and logged; any other entry that
-  is not one of the scorer's modules is kept under its own name so the strict merge reports it.
+  Entries that are not per-module state dicts (`epoch`, `amp`, ...) keep their own name, so
+  `IGNORED_KEYS` drops them or the strict merge reports them.
 
   Raises:
     ValueError: `checkpoint` is not a dict of per-module state dicts.
@@ -286,18 +260,13 @@ def _flatten_checkpoint(checkpoint, source: str) -> dict:
     raise ValueError(
         f"{source}: expected ROSITA's checkpoint layout, a dict of per-module state dicts with "
         f"entries {list(_MODULES)}; found {found}. Pass the .pkl written by ROSITA's run_*.py.")
-  skipped = sorted(k for k in checkpoint if k in _SKIPPED)
-  if skipped:
-    _log.info("%s: skipping entries the ITM scorer does not use: %s", source, ", ".join(skipped))
   flat = {}
   for module, state in checkpoint.items():
-    if module in _SKIPPED:
-      continue
-    if not isinstance(state, dict):
-      flat[module] = state  # Not a module: reported as unexpected by the strict merge.
-      continue
-    for key, value in common.strip_prefix(state, "module.").items():
-      flat[f"{module}.{key}"] = value
+    if isinstance(state, dict):
+      for key, value in common.strip_prefix(state, "module.", f"{source} [{module}]").items():
+        flat[f"{module}.{key}"] = value
+    else:
+      flat[module] = state
   return flat
 
 
@@ -305,7 +274,7 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   """Reads an original ROSITA checkpoint (`rosita-base.pkl`, `itr-coco-base.pkl`).
 
   Both layouts work: the ITR net and the pretraining net (whose `text_mlm_head`,
-  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are skipped and logged).
+  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are `IGNORED_KEYS`, logged).
 
   Args:
     path: the `.pkl` file (written by `torch.save`).
@@ -316,12 +285,24 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
     (config, params) with params a tree of float32 numpy arrays.
 
   Raises:
+    checkpoint_files.CheckpointFileError: the file cannot be read.
     common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-    ValueError: the file is not ROSITA's layout, or needs `trust_pickle=True`.
+    ValueError: the file is not ROSITA's layout.
   """
   config = config or default_config()
-  checkpoint = common.load_torch_file(path, trust_pickle=trust_pickle)
-  state = common.state_dict_to_numpy(_flatten_checkpoint(checkpoint, path))
+  checkpoint = checkpoint_files.load_torch_file(path, trust_pickle=trust_pickle)
+  state = checkpoint_files.state_dict_to_numpy(_flatten_checkpoint(checkpoint, path))
   template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-  params = common.torch_to_flax(state, template, source=path)
+  params = common.torch_to_flax(state, template, source=path, ignore=IGNORED_KEYS)
   return config, params
+
+
+_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
+                            dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
+
+SCORER = registry.Scorer(
+    name="rosita", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
+    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
+    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
+    pretrain_loss=pretrain_loss)

@@ -29,26 +29,22 @@ original preprocessing does; [CLS] words [SEP]; at most `max_text_len` = 60 toke
 from __future__ import annotations
 
 import dataclasses
-import logging
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
+from scorers import registry
 from scorers import tokens
 
-NAME = "uniter"
-OBJECTIVE = "itm"
 MATCH_INDEX = 1
 
 # Checkpoint heads the ITM scorer does not use: MLM (`cls.*`, its decoder tied to the word
 # embeddings), masked-region regression and classification. Dropped on purpose, and logged.
-_IGNORED_HEADS = (r"cls\..*", r"feat_regress\..*", r"region_classifier\..*")
-
-_log = logging.getLogger(__name__)
+IGNORED_KEYS = (r"cls\..*", r"feat_regress\..*", r"region_classifier\..*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,33 +221,6 @@ def _dummy_inputs(config: Config):
   return text, text, images
 
 
-def init_params(config: Config, rng: jax.Array):
-  """Random parameters (the `params` collection) of `Model(config)`."""
-  # Jitted: run eagerly, Flax init compiles every op separately (seconds on CPU).
-  return jax.jit(lambda key: Model(config).init(key, *_dummy_inputs(config))["params"])(rng)
-
-
-def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
-  """100 x the ITM match probability, [N] float32. Pure and jittable."""
-  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return common.match_score(logits, MATCH_INDEX)
-
-
-def pretrain_loss(params, config: Config, batch, rng: jax.Array):
-  """ITM cross-entropy with dropout on, UNITER's own pretraining objective for matching.
-
-  Args:
-    batch: "text_ids", "text_mask" [N, T] int32; "images": the region dict of the N captions'
-      images (see `image_inputs`); "match" [N] int32, 1 where the caption fits the image.
-    rng: the dropout key.
-
-  Returns:
-    (loss, {"accuracy": the fraction of pairs the argmax gets right}).
-  """
-  return common.itm_pretrain_loss(Model(config), params, batch,
-                                  image_inputs(params, config, batch["images"]), rng, MATCH_INDEX)
-
-
 def tokenizer(config: Config):
   """The cased BERT WordPiece tokenizer UNITER was trained with (shipped file, no download)."""
   return tokens.bert_tokenizer(cased=True, vocab_path=config.vocab_path)
@@ -266,7 +235,7 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   """Reads an original UNITER checkpoint (`torch.save(model.state_dict())`, e.g. uniter-base.pt).
 
   Every `uniter.*` and `itm_output.*` key must fill the model exactly (gamma/beta LayerNorm
-  names accepted); the MLM and region heads are dropped on purpose and listed in the log.
+  names accepted); the MLM and region heads (`IGNORED_KEYS`) are dropped on purpose and logged.
 
   Args:
     path: the `.pt` file.
@@ -277,20 +246,23 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
     (config, params) with params a tree of float32 numpy arrays.
 
   Raises:
+    checkpoint_files.CheckpointFileError: the file cannot be read.
     common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-    ValueError: the file needs `trust_pickle=True`.
   """
   config = config or default_config()
-  state = common.load_torch_file(path, trust_pickle=trust_pickle)
-  if not isinstance(state, dict):
-    raise ValueError(f"{path}: expected a state_dict (a dict of tensors), found "
-                     f"{type(state).__name__}. Save the model with torch.save(model.state_dict()).")
-  state = common.state_dict_to_numpy(common.strip_prefix(state, "module."))
-  ignored = sorted(k for k in state if any(re.fullmatch(p, k) for p in _IGNORED_HEADS))
-  if ignored:
-    _log.info("%s: ignoring %d keys of heads the ITM scorer does not use: %s",
-              path, len(ignored), ", ".join(ignored))
+  state = checkpoint_files.read_weights_file(path, trust_pickle=trust_pickle)
+  state = common.strip_prefix(state, "module.", path)
   template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-  params = common.torch_to_flax(state, template, source=path, ignore=_IGNORED_HEADS)
+  params = common.torch_to_flax(state, template, source=path, ignore=IGNORED_KEYS)
   return config, params
 
+
+_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
+                            dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
+
+SCORER = registry.Scorer(
+    name="uniter", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
+    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
+    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
+    pretrain_loss=pretrain_loss)

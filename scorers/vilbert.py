@@ -29,9 +29,7 @@ Not ported (off in every released config): `fast_mode`, `in_batch_pairs`, `dynam
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,12 +37,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
+from scorers import registry
 from scorers import tokens
 
-NAME = "vilbert"
-OBJECTIVE = "itm"
 # Softmax index of "the caption matches the image". ViLBERT is the odd one out: 0, not 1.
 MATCH_INDEX = 0
 
@@ -145,8 +143,8 @@ def config_from_original(original: Mapping[str, Any], **overrides) -> Config:
   """A Config from an original ViLBERT config JSON (dict); text/region settings via overrides."""
   fields = {f.name for f in dataclasses.fields(Config)}
   kwargs = {k: v for k, v in original.items() if k in fields}
-  if "fusion_method" not in kwargs and "pooling_method" in original:
-    kwargs["fusion_method"] = original["pooling_method"]
+  # `pooling_method` is in every released config but the original never reads it: its heads
+  # use `fusion_method` (default "mul"), so it is not mapped (vilbert/vilbert.py, BertConfig).
   return Config(**{**kwargs, **overrides})
 
 
@@ -369,14 +367,12 @@ class Model(nn.Module):
 # The contract functions.
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init_params(config: Config, rng: jax.Array) -> dict[str, Any]:
-  """Random parameters (the `params` collection), float32. Compiled once per config."""
+def _dummy_inputs(config: Config):
   text = jnp.zeros((1, 2), jnp.int32)
   images = {"image_feat": jnp.zeros((1, 2, config.v_feature_size), jnp.float32),
             "image_loc": jnp.zeros((1, 2, 5), jnp.float32),
             "image_mask": jnp.ones((1, 2), jnp.int32)}
-  return Model(config).init(rng, text, jnp.ones_like(text), images)["params"]
+  return text, jnp.ones_like(text), images
 
 
 def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -421,27 +417,6 @@ def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str,
   }
 
 
-def score(params, config: Config, text_ids, text_mask, image_inputs) -> jax.Array:
-  """100 x P(match) = 100 x softmax(itm_logits)[:, 0] for each caption: [N] float32. Jittable."""
-  logits, _ = Model(config).apply({"params": params}, text_ids, text_mask, image_inputs)
-  return common.match_score(logits, MATCH_INDEX)
-
-
-def pretrain_loss(params, config: Config, batch: Mapping[str, Any], rng: jax.Array):
-  """ViLBERT's ITM objective with dropout on.
-
-  Args:
-    batch: "text_ids", "text_mask" [N, T] int32; "images" the region dict of the N captions'
-      images (see `image_inputs`); "match" [N] int32, 1 = the caption fits its image.
-    rng: dropout key.
-
-  Returns:
-    (mean cross-entropy, {"accuracy": the fraction of pairs the argmax gets right}).
-  """
-  return common.itm_pretrain_loss(Model(config), params, batch,
-                                  image_inputs(params, config, batch["images"]), rng, MATCH_INDEX)
-
-
 def tokenizer(config: Config):
   """The uncased BERT WordPiece tokenizer ViLBERT was trained with (shipped file, no download)."""
   return tokens.bert_tokenizer(cased=False, vocab_path=config.vocab_path)
@@ -472,14 +447,10 @@ IGNORED_KEYS = (
 
 def convert_state_dict(state_dict: Mapping[str, Any], config: Config, *,
                        source: str = "state dict") -> dict[str, Any]:
-  """Original ViLBERT state dict (numpy or torch values) -> params; strict (see `load`)."""
-  state_dict = common.strip_prefix(state_dict, "module.")  # DataParallel checkpoints.
+  """Original ViLBERT state dict (numpy values) -> params; strict (see `load`)."""
+  state_dict = common.strip_prefix(state_dict, "module.", source)  # DataParallel checkpoints.
   template = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))
   params = common.torch_to_flax(state_dict, template, source=source, ignore=IGNORED_KEYS)
-  dropped = sorted(k for k in state_dict if any(re.fullmatch(p, k) for p in IGNORED_KEYS))
-  if dropped:
-    _log.info("%s: ignored %d keys on purpose (heads a scorer does not use): %s", source,
-              len(dropped), ", ".join(dropped))
   if "bert.embeddings.task_embeddings.weight" in state_dict:
     _log.warning("%s holds task embeddings (a multi-task checkpoint trained with "
                  "task_specific_tokens); this port inserts no task token, so its ITM scores "
@@ -491,15 +462,24 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   """Reads an original ViLBERT `.bin` (torch.save of the state dict) strictly.
 
   Returns:
-    (config, params). `config` defaults to `default_config()`.
+    (config, params) with float32 numpy params. `config` defaults to `default_config()`.
 
   Raises:
+    checkpoint_files.CheckpointFileError: the file cannot be read.
     common.CheckpointMismatch: keys missing from or unexpected in the checkpoint, or shapes
       that do not fit `config`, all listed.
   """
   config = config or default_config()
-  state_dict = common.load_torch_file(path, trust_pickle=trust_pickle)
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f"{path}: expected a state dict (mapping of key -> tensor) as ViLBERT's "
-                     f"training scripts save, found {type(state_dict).__name__}.")
-  return config, convert_state_dict(common.state_dict_to_numpy(state_dict), config, source=path)
+  state_dict = checkpoint_files.read_weights_file(path, trust_pickle=trust_pickle)
+  return config, convert_state_dict(state_dict, config, source=path)
+
+
+_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
+                            dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
+
+SCORER = registry.Scorer(
+    name="vilbert", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
+    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
+    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
+    pretrain_loss=pretrain_loss)

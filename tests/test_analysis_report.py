@@ -149,7 +149,7 @@ def test_config_and_run_from_config(tmp_path):
   config = analysis_config.get_config(
       f"runs={first},{second},out_dir={out_dir},seed=3,no_meteor")
   assert config.runs == (first, second) and config.seed == 3
-  assert not config.include_meteor and config.probes.enabled and config.spice_dir is None
+  assert not config.include_meteor and config.probes.enabled and not config.spice_dir
   config.probes.k_values = (3,)
   result = report.run_from_config(config, CORPUS, SCORE_FNS)
   # The two workdirs share their XE captions: one XE row.

@@ -15,10 +15,10 @@ import pytest
 
 from configs import bench_reward
 from scorers import tokens
-from vlprobe_jax import bench
-from vlprobe_jax import bench_setup
 from vlprobe_jax import captioner as captioner_lib
 from vlprobe_jax import decoding
+from vlprobe_jax.bench import build as bench_setup
+from vlprobe_jax.bench import run as bench
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -76,7 +76,8 @@ def test_config_defaults_are_the_real_sizes():
   assert config.vocab_words == 9487 and config.captioner.rnn_size == 512
   assert config.captioner.fc_dim == 2048 and config.scorer_size == "default"
   assert config.num_samples == 5 and config.max_length == 16 and config.reference
-  assert config.out_json == "bench_clip.json" and config.profile_dir == ""
+  assert config.workdir == "workdir/bench_clip" and config.out_json == "bench.json"
+  assert config.profile_dir == ""
   assert bench_reward.get_config(None).scorer == "lxmert"
   with pytest.raises(ValueError, match="supports"):
     bench_reward.get_config("scorer=blip")
@@ -102,7 +103,7 @@ def test_reference_skipped_when_off():
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 def test_torch_fc_model_decodes_like_the_flax_captioner():
   import torch
-  from vlprobe_jax import bench_torch
+  from vlprobe_jax.bench import torch_reference as bench_torch
   config = captioner_lib.CaptionerConfig(vocab_size=30, fc_dim=8, embed_size=6, rnn_size=7)
   params = captioner_lib.init_params(config, jax.random.key(3))
   fc = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
@@ -126,7 +127,7 @@ def _finite(value):
 @pytest.mark.parametrize("scorer", ["lxmert", "clip"])
 def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
   config = bench_reward.get_config(f"scorer={scorer},runlocal")
-  config.out_json = str(tmp_path / "bench.json")
+  config.workdir = str(tmp_path)
   if scorer == "clip":
     config.profile_dir = str(tmp_path / "profile")
   summary = bench.run(config)
@@ -169,7 +170,8 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
   assert "jax    full SCST step" in printed and "bf16 vs fp32 scores" in printed
   assert "BatchIterator wait" in printed
 
-  with open(config.out_json) as f:
+  assert summary["summary_path"] == str(tmp_path / "bench.json")
+  with open(tmp_path / "bench.json") as f:
     assert json.load(f)["results"][0]["captions_per_step"] == 12
   if config.profile_dir:
     written = [name for _, _, names in os.walk(config.profile_dir) for name in names]
@@ -184,7 +186,7 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
 @pytest.mark.parametrize("scorer", ["uniter", "rosita", "vilbert"])
 def test_runlocal_smoke_of_the_scorers_without_a_reference(scorer, tmp_path, capsys):
   config = bench_reward.get_config(f"scorer={scorer},runlocal")
-  config.out_json = str(tmp_path / "bench.json")
+  config.workdir = str(tmp_path)
   summary = bench.run(config)
   printed = capsys.readouterr().out
   (result,) = summary["results"]

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorers import clip, clip_checkpoint, common
+from scorers import checkpoint_files, clip, common, tokens
 import scorers
 
 torch = pytest.importorskip("torch")
@@ -180,14 +180,14 @@ def test_score_scales(hf_default):
 
 def test_load_errors(hf_checkpoint, tmp_path):
   variant, model, directory, config, _ = hf_checkpoint
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
     clip.load(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
   with pytest.raises(ValueError, match=r"model_type 'bert'.*expected 'clip'") as error:
     clip.load(str(tmp_path))
   assert str(tmp_path) in str(error.value)
   model.config.save_pretrained(str(tmp_path))  # A CLIP config.json but no weights.
-  with pytest.raises(FileNotFoundError, match=r"no weights in .*model.safetensors"):
+  with pytest.raises(checkpoint_files.CheckpointFileError, match=r"no weights in .*model.safetensors"):
     clip.load(str(tmp_path))
   # Sizes that disagree with the weights: every mis-shaped key is listed with both shapes.
   wrong = dataclasses.replace(config, text_width=64, text_heads=4)
@@ -195,7 +195,7 @@ def test_load_errors(hf_checkpoint, tmp_path):
     clip.load(directory, wrong)
   message = str(error.value)
   assert directory in message and "wrong shapes" in message
-  assert "text_model.embeddings.token_embedding.weight: (600, 32) vs (600, 64)" in message
+  assert "text_model.embeddings.token_embedding.weight: (600, 32), expects (600, 64)" in message
   # A key the model does not have (a head we do not use) is reported, not silently dropped.
   state = dict(model.state_dict())
   state["itm_head.weight"] = torch.zeros(2, 24)
@@ -295,15 +295,15 @@ def test_pretrain_loss_learns(tiny):
 
 
 def test_contract():
-  assert scorers.get("clip") is clip
-  assert (clip.NAME, clip.OBJECTIVE) == ("clip", "contrastive")
+  assert scorers.get("clip") is clip.SCORER
+  assert (clip.SCORER.name, clip.SCORER.objective) == ("clip", "contrastive")
   base, large = clip.default_config(), clip.default_config("ViT-L/14")
   assert (base.vision_width, base.patch_size, base.text_width, base.projection_dim) == (
       768, 32, 512, 512)
   assert (large.vision_width, large.vision_layers, large.patch_size, large.projection_dim) == (
       1024, 24, 14, 768)
   # transformers' CLIPConfig defaults are the ViT-B/32 sizes.
-  from_hf = clip_checkpoint.config_from_hf(transformers.CLIPConfig())
+  from_hf = clip.config_from_hf(transformers.CLIPConfig().to_dict())
   assert dataclasses.replace(from_hf, logit_scale_init=base.logit_scale_init) == base
   assert abs(from_hf.logit_scale_init - base.logit_scale_init) < 1e-4  # ln(1 / 0.07), rounded.
   assert clip.tiny_config().vocab_size == 49408 and clip.tiny_config().context_length == 77
@@ -317,7 +317,6 @@ def test_contract():
 
 
 def test_tokenizer_and_text_format():
-  tokens = pytest.importorskip("scorers.tokens")
   config = dataclasses.replace(clip.tiny_config(), prompt="A photo depicts", max_text_len=32)
   tok = clip.tokenizer(config)
   assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vlprobe_jax.data import feature_store as fs
-from vlprobe_jax.data import feature_store_cli
+from vlprobe_jax.data.feature_store import __main__ as feature_store_cli
 from vlprobe_jax.data import features
 
 DIM = 8

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from scorers import common
 from scorers import lxmert
+from scorers import tokens
 from scorers import registry
 
 # A tiny HF model with every structural feature of the base one (all three stacks, two cross
@@ -82,13 +83,11 @@ def _flat(params):
 
 
 def test_contract_names():
-  module = registry.get("lxmert")
-  for name in ("NAME", "OBJECTIVE", "MATCH_INDEX", "Config", "default_config", "tiny_config",
-               "Model", "init_params", "load", "tokenizer", "text_format", "image_inputs",
-               "score", "pretrain_loss"):
-    assert hasattr(module, name), name
-  assert (module.NAME, module.OBJECTIVE, module.MATCH_INDEX) == ("lxmert", "itm", 1)
-  hash(module.tiny_config())  # Configs are static jit arguments.
+  spec = registry.get("lxmert")
+  assert spec is lxmert.SCORER
+  assert (spec.name, spec.objective, spec.match_index, spec.image_kind) == (
+      "lxmert", "itm", 1, "regions")
+  hash(spec.tiny_config())  # Configs are static jit arguments.
 
 
 def test_default_config_is_the_released_base():
@@ -171,7 +170,7 @@ def test_original_pth_layout_loads_to_the_same_params(hf_checkpoint, tmp_path, c
   assert "module.cls.predictions.decoder.weight" in state
   path = str(tmp_path / "Epoch20_LXRT.pth")
   torch.save(state, path)
-  with caplog.at_level(logging.INFO, logger="scorers.lxmert"):
+  with caplog.at_level(logging.INFO, logger="scorers.common"):
     loaded_config, loaded = lxmert.load(path, config)
   assert loaded_config == config
   assert "answer_head" in caplog.text and "obj_predict_head" in caplog.text
@@ -317,7 +316,6 @@ def test_missing_regions_are_reported(hf_checkpoint):
 
 
 def test_tokenizer_and_text_format():
-  tokens = pytest.importorskip("scorers.tokens")
   config = lxmert.default_config()
   fmt = lxmert.text_format(config)
   assert isinstance(fmt, tokens.TextFormat)

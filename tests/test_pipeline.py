@@ -1,4 +1,5 @@
-"""BatchIterator: order per seed, coverage per epoch, process shards, device layout, the thread."""
+"""The one input pipeline: EpochRows (order per seed, coverage per epoch, process shards) and
+BatchIterator (device layout, prefetch thread, errors, wait time, function sources)."""
 
 import os
 import subprocess
@@ -12,7 +13,16 @@ import numpy as np
 import pytest
 
 from vlprobe_jax.data import feature_store
-from vlprobe_jax.data.pipeline import BatchIterator
+from vlprobe_jax.data.pipeline import BatchIterator, EpochRows
+
+
+def _iterate(arrays, batch_size, *, seed, num_epochs=None, start_step=0, devices=None,
+             sharding=None, prefetch=2, **rows_args):
+  """A BatchIterator over `arrays` in shuffled epochs, as the training stages build it."""
+  rows = EpochRows(len(next(iter(arrays.values()))), batch_size, seed=seed, **rows_args)
+  stop = None if num_epochs is None else num_epochs * rows.steps_per_epoch
+  return BatchIterator(rows.source(arrays), start_step=start_step, stop_step=stop,
+                       devices=devices, sharding=sharding, prefetch=prefetch)
 
 
 def _arrays(n=23):
@@ -29,21 +39,21 @@ def _take(iterator, count):
 
 
 def test_order_is_deterministic_per_seed_and_changes_per_epoch():
-  a = [b["image_index"] for b in _take(BatchIterator(_arrays(), 5, seed=1, num_epochs=2), 8)]
-  b = [b["image_index"] for b in _take(BatchIterator(_arrays(), 5, seed=1, num_epochs=2), 8)]
-  c = [b["image_index"] for b in _take(BatchIterator(_arrays(), 5, seed=2, num_epochs=2), 8)]
+  a = [b["image_index"] for b in _take(_iterate(_arrays(), 5, seed=1, num_epochs=2), 8)]
+  b = [b["image_index"] for b in _take(_iterate(_arrays(), 5, seed=1, num_epochs=2), 8)]
+  c = [b["image_index"] for b in _take(_iterate(_arrays(), 5, seed=2, num_epochs=2), 8)]
   np.testing.assert_array_equal(np.stack(a), np.stack(b))
   assert not np.array_equal(np.stack(a), np.stack(c))
   assert not np.array_equal(np.concatenate(a[:4]), np.concatenate(a[4:]))  # New epoch, new order.
-  plain = [b["image_index"] for b in BatchIterator(_arrays(), 5, seed=1, shuffle=False,
+  plain = [b["image_index"] for b in _iterate(_arrays(), 5, seed=1, shuffle=False,
                                                    num_epochs=1)]
   np.testing.assert_array_equal(np.concatenate(plain), np.arange(20))
 
 
 def test_every_image_once_per_epoch():
-  iterator = BatchIterator(_arrays(), 5, seed=3, num_epochs=3)
+  iterator = _iterate(_arrays(), 5, seed=3, num_epochs=3)
   batches = list(iterator)
-  assert iterator.steps_per_epoch == 4 and len(batches) == 12 and iterator.epoch == 2
+  assert len(batches) == 12 and iterator.step == 11
   for epoch in range(3):
     rows = np.concatenate([b["image_index"] for b in batches[epoch * 4:(epoch + 1) * 4]])
     assert len(set(rows.tolist())) == 20  # 23 images, 3 dropped with the short batch.
@@ -52,7 +62,7 @@ def test_every_image_once_per_epoch():
 
 
 def test_without_drop_remainder_the_padding_is_marked():
-  batches = list(BatchIterator(_arrays(), 5, seed=4, drop_remainder=False, num_epochs=1))
+  batches = list(_iterate(_arrays(), 5, seed=4, drop_remainder=False, num_epochs=1))
   assert len(batches) == 5 and all(len(b["image_index"]) == 5 for b in batches)
   real = np.concatenate([b["image_index"][b["valid"]] for b in batches])
   assert sorted(real.tolist()) == list(range(23))
@@ -61,9 +71,9 @@ def test_without_drop_remainder_the_padding_is_marked():
 
 def test_process_shards_are_disjoint_and_cover_each_global_batch():
   count = 3
-  shards = [list(BatchIterator(_arrays(), 6, seed=5, process_index=p, process_count=count,
+  shards = [list(_iterate(_arrays(), 6, seed=5, process_index=p, process_count=count,
                                num_epochs=1)) for p in range(count)]
-  whole = list(BatchIterator(_arrays(), 6, seed=5, process_index=0, process_count=1,
+  whole = list(_iterate(_arrays(), 6, seed=5, process_index=0, process_count=1,
                              num_epochs=1))
   assert all(len(s) == len(whole) == 3 for s in shards)
   for step, global_batch in enumerate(whole):
@@ -72,12 +82,14 @@ def test_process_shards_are_disjoint_and_cover_each_global_batch():
     assert len(set(np.concatenate(parts).tolist())) == 6
     np.testing.assert_array_equal(np.concatenate(parts), global_batch["image_index"])
   with pytest.raises(ValueError, match="multiple of the process count"):
-    BatchIterator(_arrays(), 5, seed=0, process_index=0, process_count=3)
+    EpochRows(23, 5, seed=0, process_index=0, process_count=3)
+  with pytest.raises(ValueError, match="make no batch"):
+    EpochRows(3, 5, seed=0)
 
 
 def test_start_step_resumes_the_uninterrupted_order():
-  whole = [b["image_index"] for b in BatchIterator(_arrays(), 5, seed=6, num_epochs=2)]
-  resumed = [b["image_index"] for b in BatchIterator(_arrays(), 5, seed=6, num_epochs=2,
+  whole = [b["image_index"] for b in _iterate(_arrays(), 5, seed=6, num_epochs=2)]
+  resumed = [b["image_index"] for b in _iterate(_arrays(), 5, seed=6, num_epochs=2,
                                                      start_step=5)]
   np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[5:]))
 
@@ -85,23 +97,24 @@ def test_start_step_resumes_the_uninterrupted_order():
 def test_pmap_layout_and_global_sharding_on_local_devices():
   devices = jax.local_devices()
   n = len(devices)
-  (batch,) = _take(BatchIterator(_arrays(8 * n), 4 * n, seed=7, devices=devices), 1)
+  (batch,) = _take(_iterate(_arrays(8 * n), 4 * n, seed=7, devices=devices), 1)
   assert batch["feats"].shape == (n, 4, 3) and isinstance(batch["feats"], jax.Array)
   np.testing.assert_array_equal(np.asarray(batch["feats"])[..., 0],
                                 np.asarray(batch["image_index"]) * 3)
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  (batch,) = _take(BatchIterator(_arrays(8 * n), 4 * n, seed=7, sharding=sharding), 1)
+  (batch,) = _take(_iterate(_arrays(8 * n), 4 * n, seed=7, sharding=sharding), 1)
   assert batch["feats"].shape == (4 * n, 3) and batch["feats"].sharding == sharding
 
 
 def test_four_forced_cpu_devices_feed_pmap():
   code = textwrap.dedent("""
       import jax, numpy as np
-      from vlprobe_jax.data.pipeline import BatchIterator
+      from vlprobe_jax.data.pipeline import BatchIterator, EpochRows
       assert jax.local_device_count() == 4
       arrays = {"x": np.arange(32, dtype=np.float32)}
-      it = BatchIterator(arrays, 8, seed=0, devices=jax.local_devices(), num_epochs=1)
+      it = BatchIterator(EpochRows(32, 8, seed=0).source(arrays), stop_step=4,
+                         devices=jax.local_devices())
       sums = [jax.pmap(lambda x: x.sum())(b["x"]) for b in it]
       assert sums[0].shape == (4,), sums[0].shape
       assert float(sum(s.sum() for s in sums)) == float(np.arange(32).sum())
@@ -116,12 +129,12 @@ def test_four_forced_cpu_devices_feed_pmap():
 
 
 def test_prefetch_thread_stops_cleanly():
-  iterator = BatchIterator(_arrays(), 5, seed=8, prefetch=3)  # Endless.
+  iterator = _iterate(_arrays(), 5, seed=8, prefetch=3)  # Endless.
   before = threading.active_count()
   _take(iterator, 2)
   # Leaving the loop closes the generator, which stops and joins the thread.
   assert iterator._thread is None and threading.active_count() == before
-  with BatchIterator(_arrays(), 5, seed=8) as iterator:
+  with _iterate(_arrays(), 5, seed=8) as iterator:
     stream = iter(iterator)
     next(stream)
     thread = iterator._thread
@@ -147,17 +160,17 @@ class _Slow:
 
 
 def test_errors_in_the_thread_reach_the_consumer():
-  iterator = BatchIterator({"x": _Slow(20, 0.0, fail_at=3)}, 5, seed=9)
+  iterator = _iterate({"x": _Slow(20, 0.0, fail_at=3)}, 5, seed=9)
   with pytest.raises(OSError, match="disk gone"):
     list(iterator)
   assert iterator._thread is None
 
 
 def test_wait_time_is_recorded():
-  slow = BatchIterator({"x": _Slow(40, 0.05)}, 5, seed=10, num_epochs=1)
+  slow = _iterate({"x": _Slow(40, 0.05)}, 5, seed=10, num_epochs=1)
   list(slow)
   assert slow.wait_seconds >= 0.2  # 8 batches of 0.05 s each, the consumer doing nothing.
-  fast = BatchIterator({"x": _Slow(40, 0.0)}, 5, seed=10, num_epochs=1, prefetch=8)
+  fast = _iterate({"x": _Slow(40, 0.0)}, 5, seed=10, num_epochs=1, prefetch=8)
   for _ in fast:
     time.sleep(0.02)  # A consumer slower than the data: it should barely wait.
   assert fast.wait_seconds < slow.wait_seconds / 2
@@ -171,6 +184,24 @@ def test_lazy_store_columns_are_batched(tmp_path):
   store = feature_store.build_fc_store(str(tmp_path / "fc"), str(tmp_path / "store"),
                                        feature_dim=4, shard_size=5)
   ids = np.array(sorted(want))[::-1].copy()
-  iterator = BatchIterator({"id": ids, "fc": store.column("fc", ids)}, 4, seed=11, num_epochs=1)
+  iterator = _iterate({"id": ids, "fc": store.column("fc", ids)}, 4, seed=11, num_epochs=1)
   for batch in iterator:
     np.testing.assert_array_equal(batch["fc"][:, 0], batch["id"])
+
+
+def test_a_function_source_gets_its_steps_in_order_from_the_start_step():
+  seen = []
+
+  def source(step):
+    seen.append(step)
+    return {"step": np.full((2,), step)}
+
+  batches = list(BatchIterator(source, start_step=3, stop_step=7, prefetch=1))
+  assert [int(b["step"][0]) for b in batches] == [3, 4, 5, 6] and seen == [3, 4, 5, 6]
+
+
+def test_nested_arrays_are_gathered_by_row():
+  arrays = {"fc": np.arange(12.0).reshape(6, 2), "images": {"mask": np.arange(6)[:, None]}}
+  (batch,) = list(_iterate(arrays, 3, seed=0, num_epochs=1, shuffle=False))[:1]
+  np.testing.assert_array_equal(batch["images"]["mask"][:, 0], [0, 1, 2])
+  np.testing.assert_array_equal(batch["fc"][:, 0], [0.0, 2.0, 4.0])

@@ -1,4 +1,4 @@
-"""Tests of scorers/pretrain.py and pretrain_pairs.py: negatives, the folded feature transform,
+"""Tests of vlprobe_jax/scorer_pretrain.py and scorer_pairs.py: negatives, the folded feature transform,
 a few steps, evaluation and the cache."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import pytest
 
 import scorers
 from configs import common
-from scorers import pretrain
-from scorers import pretrain_pairs
+from vlprobe_jax import scorer_pairs as pretrain_pairs
+from vlprobe_jax import scorer_pretrain as pretrain
+from vlprobe_jax import training
 from vlprobe_jax.data import synthetic
 
-ITM_SCORERS = [name for name in scorers.names() if scorers.get(name).OBJECTIVE == "itm"]
+ITM_SCORERS = [name for name in scorers.names() if scorers.get(name).objective == "itm"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def world():
 def _config(name: str, **pretrain_fields):
   config = common.scst_config("runlocal", name)
   config.data.world.update(num_train=60, num_val=20, num_test=20)
-  config.scorer_pretrain.update(steps=2, batch_size=8, log_every_steps=1, **pretrain_fields)
+  config.scorer_pretrain.update(**{"steps": 2, "batch_size": 8, "log_every_steps": 1,
+                                  **pretrain_fields})
   return config
 
 
@@ -161,7 +163,7 @@ def test_folded_transform_reads_raw_features(world, name):
   rng = np.random.default_rng(0)
   ids = rng.integers(1, 100, size=(6, 7)).astype(np.int32)
   mask = (np.arange(7)[None] < rng.integers(3, 8, size=(6, 1))).astype(np.int32)
-  logits = jax.jit(lambda p, x: module.Model(config).apply(
+  logits = jax.jit(lambda p, x: module.model(config).apply(
       {"params": p}, ids, mask, module.image_inputs(p, config, x))[0])
   transform = pretrain.feature_transform(world["train"], "standard")
   normalised = dict(images, region_feats=np.asarray(
@@ -189,10 +191,10 @@ _ONE_LAYER = {"rosita": {"num_layers": 1}, "clip": {"text_layers": 1, "vision_la
 
 
 @pytest.mark.parametrize("name", sorted(_ONE_LAYER))
-def test_a_few_steps_run_and_change_params(world, name):
+def test_a_few_steps_run_and_change_params(world, name, tmp_path):
   module = scorers.get(name)
   config = _config(name, model=_ONE_LAYER[name])
-  scorer_config, params, summary = pretrain.pretrain(config, module, world, "")
+  scorer_config, params, summary = pretrain.pretrain(config, module, world, str(tmp_path))
   initial = pretrain.initial_params(module, scorer_config,
                                     pretrain.settings(config.scorer_pretrain, name))
   changed = jax.tree.leaves(jax.tree.map(
@@ -202,11 +204,31 @@ def test_a_few_steps_run_and_change_params(world, name):
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
   assert summary["steps"] == 2 and summary["cpu_seconds"] > 0
   assert 0.0 <= summary["val_accuracy"] <= 1.0
-  assert summary["chance"] == (0.5 if module.OBJECTIVE == "itm" else 1.0 / 20)
+  assert summary["chance"] == (0.5 if module.objective == "itm" else 1.0 / 20)
   keys = set(summary["val"])
   assert "swap_ranking" in keys
-  if module.OBJECTIVE == "itm":
+  if module.objective == "itm":
     assert {f"accuracy/{k}" for k in pretrain_pairs.KINDS} <= keys
+
+
+def test_interrupted_pretraining_resumes_to_the_same_params(world, tmp_path):
+  """Pretraining runs through the one loop: killed after a step, it resumes from its checkpoint
+  and replays the pair sampler's draws, ending where an uninterrupted run ends."""
+  module = scorers.get("rosita")
+  config = _config("rosita", model=_ONE_LAYER["rosita"], steps=3, checkpoint_every_steps=1)
+  key = pretrain._cache_key(config, module)  # pylint: disable=protected-access
+
+  def task(directory):
+    return pretrain.PretrainTask(config, module, world, str(directory), key)
+
+  whole = training.train(task(tmp_path / "whole")).params
+  assert training.train(task(tmp_path / "cut"), max_steps_this_run=1).params is None
+  resumed = training.train(task(tmp_path / "cut")).params
+  jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+  assert not any(np.all(np.asarray(a) == np.asarray(b)) for a, b in zip(
+      jax.tree.leaves(resumed), jax.tree.leaves(pretrain.initial_params(
+          module, task(tmp_path / "x").scorer_config, pretrain.settings(
+              config.scorer_pretrain, "rosita")))) if np.size(a) > 1)
 
 
 def test_cache_round_trip(world, tmp_path, monkeypatch):

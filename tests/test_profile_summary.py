@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vlprobe_jax import profile_summary
+from vlprobe_jax.bench import profile as profile_summary
 
 
 def _write_trace(directory, events):

@@ -61,8 +61,8 @@ def flat_params(params):
 
 
 def test_contract_fields():
-  assert scorers.get("rosita") is rosita
-  assert (rosita.NAME, rosita.OBJECTIVE, rosita.MATCH_INDEX) == ("rosita", "itm", 1)
+  assert scorers.get("rosita") is rosita.SCORER
+  assert (rosita.SCORER.name, rosita.SCORER.objective, rosita.SCORER.match_index) == ("rosita", "itm", 1)
   config = rosita.default_config()
   hash(config)
   assert (config.vocab_size, config.hidden_size, config.num_layers, config.max_text_len) == (
@@ -162,7 +162,7 @@ def test_base_checkpoint_key_lists_load_strictly(layout, tmp_path, caplog):
                                  "param_groups": [{"lr": 1e-4, "params": [0]}]})
   path = str(tmp_path / f"{layout}.pkl")
   torch.save(checkpoint, path)
-  with caplog.at_level(logging.INFO, logger="scorers.rosita"):
+  with caplog.at_level(logging.INFO, logger="scorers.common"):
     config, params = rosita.load(path)
   assert config == rosita.default_config()
   expected = {f"{module}.{key}": tuple(shape) for module, entries in modules.items()

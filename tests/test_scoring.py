@@ -8,7 +8,7 @@ import pytest
 from scorers import clip
 from scorers import uniter
 from scorers import tokens
-from vlprobe_jax import bench_setup
+from vlprobe_jax.bench import build as bench_setup
 from vlprobe_jax import scoring
 
 

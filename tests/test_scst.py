@@ -13,10 +13,11 @@ import numpy as np
 from tests import fake_scorer
 from tests import helpers
 from vlprobe_jax import captioner
+from vlprobe_jax import captioner_stage
+from vlprobe_jax import devices as devices_lib
 from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
-from vlprobe_jax import xe
 
 
 def test_advantage_by_hand():
@@ -39,8 +40,8 @@ def test_mask_and_loss_by_hand():
 
 
 def _fake_loaded(dataset, max_len=6):
-  return scoring.LoadedScorer("fake", fake_scorer, fake_scorer.Config(), {"unused": jnp.zeros(())},
-                              dataset.vocab.words, max_len)
+  return scoring.LoadedScorer("fake", fake_scorer.SCORER, fake_scorer.Config(),
+                              {"unused": jnp.zeros(())}, dataset.vocab.words, max_len)
 
 
 def _with_regions(dataset):
@@ -68,7 +69,8 @@ def _setup(dataset, scorer, lr=3e-2):
   config = captioner.CaptionerConfig(vocab_size=dataset.vocab.size, fc_dim=8, embed_size=16,
                                      rnn_size=16, dropout=0.0)
   params = captioner.init_params(config, jax.random.key(0))
-  state = xe.TrainState.create(apply_fn=None, params=params, tx=xe.make_optimizer(lr, 0.0))
+  state = training.TrainState.create(apply_fn=None, params=params,
+                                     tx=training.make_optimizer(lr, 0.0))
   split = dataset["train"]
   images = scorer.image_inputs(split)
   batch = {"fc_feats": split.fc_feats[:8], "image_inputs": {k: v[:8] for k, v in images.items()}}
@@ -80,15 +82,15 @@ def test_step_makes_no_hidden_transfers_and_learns_the_preference():
   scorer = _fake_loaded(dataset)
   config, state, batch = _setup(dataset, scorer)
   devices = jax.local_devices()[:1]
-  sharding = training.device_sharding(devices)
+  sharding = devices_lib.device_sharding(devices)
   p_step = scst.make_p_scst_step(config, scorer.reward_fn, num_samples=4, baseline="greedy",
                                  max_length=6, devices=devices)
-  replicated = training.replicate(state, devices)
-  scorer_params = training.replicate(scorer.params, devices)
-  batch = jax.device_put(training.shard(batch, 1), sharding)
+  replicated = devices_lib.replicate(state, devices)
+  scorer_params = devices_lib.replicate(scorer.params, devices)
+  batch = jax.device_put(devices_lib.shard(batch, 1), sharding)
   rewards = []
   for step in range(40):
-    keys = jax.device_put(training.device_keys(jax.random.key(1), step, 1), sharding)
+    keys = jax.device_put(devices_lib.device_keys(jax.random.key(1), step, 1), sharding)
     with jax.transfer_guard("disallow"):
       replicated, measurements = p_step(replicated, scorer_params, batch, keys)
     rewards.append(float(measurements["reward/sample_mean"][0]))
@@ -106,8 +108,8 @@ def test_mean_baseline_step_runs():
   config, state, batch = _setup(dataset, scorer)
   devices = jax.local_devices()[:1]
   p_step = scst.make_p_scst_step(config, scorer.reward_fn, 3, "mean", 6, devices=devices)
-  _, m = p_step(training.replicate(state, devices), training.replicate(scorer.params, devices),
-                training.shard(batch, 1), training.device_keys(jax.random.key(0), 0, 1))
+  _, m = p_step(devices_lib.replicate(state, devices), devices_lib.replicate(scorer.params, devices),
+                devices_lib.shard(batch, 1), devices_lib.device_keys(jax.random.key(0), 0, 1))
   # With the mean-of-others baseline the advantages of an image sum to zero... times K/(K-1).
   np.testing.assert_allclose(m["reward/advantage_mean"][0], 0.0, atol=1e-4)
 
@@ -115,7 +117,7 @@ def test_mean_baseline_step_runs():
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from tests import helpers, test_scst
-    from vlprobe_jax import scst, training
+    from vlprobe_jax import devices as devices_lib, scst
     assert jax.local_device_count() == 8
     dataset = test_scst._with_regions(helpers.tiny_dataset())
     scorer = test_scst._fake_loaded(dataset)
@@ -129,11 +131,11 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
       n = len(devices)
       p_step = scst.make_p_scst_step(config, scorer.reward_fn, 2, "greedy", 6, temperature=1e-4,
                                      devices=devices)
-      rep = training.replicate(state, devices)
-      sp = training.replicate(scorer.params, devices)
+      rep = devices_lib.replicate(state, devices)
+      sp = devices_lib.replicate(scorer.params, devices)
       for i in range(3):
-        rep, m = p_step(rep, sp, training.shard(batch, n), training.device_keys(jax.random.key(i), i, n))
-      results.append((training.unreplicate(rep).params, float(m["train/loss"][0]),
+        rep, m = p_step(rep, sp, devices_lib.shard(batch, n), devices_lib.device_keys(jax.random.key(i), i, n))
+      results.append((devices_lib.unreplicate(rep).params, float(m["train/loss"][0]),
                       float(m["reward/sample_mean"][0])))
     (p1, l1, r1), (p8, l8, r8) = results
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
@@ -161,11 +163,12 @@ def test_scst_stage_resumes_after_an_interruption(tmp_path):
   config.scst = common.scst_block("synthetic", "fake")
   config.scst.update(total_steps=4, images_per_batch=4, num_samples=2, max_length=6,
                      log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=1)
-  init = captioner.init_params(xe.captioner_config(config, dataset.vocab.size), jax.random.key(0))
+  init = captioner.init_params(captioner_stage.captioner_config(config, dataset.vocab.size),
+                               jax.random.key(0))
   stage_dir = str(tmp_path / "scst")
-  assert scst.train(config, dataset, stage_dir, init, scorer, max_steps_this_run=2) is None
-  params = scst.train(config, dataset, stage_dir, init, scorer)  # the same command again
-  assert params is not None
+  assert scst.train(config, dataset, stage_dir, init, scorer, max_steps_this_run=2).params is None
+  result = scst.train(config, dataset, stage_dir, init, scorer)  # the same command again
+  assert result.finished and result.params is not None
   with open(f"{stage_dir}/metrics.jsonl") as f:
     train_steps = [r["step"] for r in map(json.loads, f) if "reward/sample_mean" in r]
   assert train_steps == [1, 2, 3, 4]  # continued at 3, not restarted at 1
@@ -173,6 +176,6 @@ def test_scst_stage_resumes_after_an_interruption(tmp_path):
 
 def test_words_the_scorer_cannot_represent_are_reported():
   words = ("", "a", "red", "\u2603", "UNK")
-  scorer = scoring.LoadedScorer("fake", fake_scorer, fake_scorer.Config(),
+  scorer = scoring.LoadedScorer("fake", fake_scorer.SCORER, fake_scorer.Config(),
                                 {"unused": jnp.zeros(())}, words, 6)
   assert scorer.unrepresentable_words() == ["\u2603"]

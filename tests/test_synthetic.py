@@ -1,8 +1,6 @@
 """Tests of the synthetic world: determinism, array contract, captions true of the scenes."""
 
-import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import pytest
 from vlprobe_jax.data import dataset as dataset_lib
 from vlprobe_jax.data import image_features
 from vlprobe_jax.data import synthetic as S
+from vlprobe_jax.data import synthetic_preview
 from vlprobe_jax.data import vocab as vocab_lib
 
 SPLIT_FIELDS = ("image_ids", "fc_feats", "labels", "pixels", "region_feats", "region_boxes",
@@ -249,32 +248,11 @@ def test_config_errors():
 
 def test_describe_and_preview(world, tmp_path):
   split = world["train"]
-  text = S.describe(split, 0)
+  text = synthetic_preview.describe(split, 0)
   for obj in split.scenes.objects(0):
     assert f"{obj['size']} {obj['colour']} {obj['shape']}" in text
   assert S.BACKGROUND_NAMES[split.scenes.background[0]] in text
   assert split.references[0][0] in text
   path = tmp_path / "preview.png"
-  S.save_preview(split, str(path), n=4)
+  synthetic_preview.save_preview(split, str(path), n=4)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_timing_of_a_tenth_of_the_default_world():
-  """Prints the time of 1/10 of the default world and the extrapolation (not asserted)."""
-  config = S.default_world_config()
-  config.update(num_train=config.num_train // 10, num_val=config.num_val // 10,
-                num_test=config.num_test // 10)
-  cpu, wall = time.process_time(), time.time()
-  S.make_world(config)
-  cpu, wall = time.process_time() - cpu, time.time() - wall
-  print(f"\n1/10 of the default world: {cpu:.1f} s CPU, {wall:.1f} s wall; "
-        f"default world about {10 * cpu:.0f} s CPU")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("VLPROBE_SLOW"), reason="set VLPROBE_SLOW=1 to run")
-def test_timing_of_the_default_world():
-  cpu, wall = time.process_time(), time.time()
-  world = S.make_world()
-  print(f"\ndefault world: {time.process_time() - cpu:.1f} s CPU, {time.time() - wall:.1f} s "
-        f"wall; {world.description}")

@@ -59,8 +59,8 @@ def torch_key(path):
 
 
 def test_contract_fields():
-  assert scorers.get("uniter") is uniter
-  assert (uniter.NAME, uniter.OBJECTIVE, uniter.MATCH_INDEX) == ("uniter", "itm", 1)
+  assert scorers.get("uniter") is uniter.SCORER
+  assert (uniter.SCORER.name, uniter.SCORER.objective, uniter.SCORER.match_index) == ("uniter", "itm", 1)
   config = uniter.default_config()
   hash(config)  # Frozen, so usable as a static jit argument.
   assert (config.vocab_size, config.hidden_size, config.num_layers, config.max_text_len) == (
@@ -93,7 +93,7 @@ def test_load_is_exact_and_ignores_heads_loudly(golden, caplog):
   left = set(state) - used
   assert left and all(k.split(".")[0] in ("cls", "feat_regress", "region_classifier")
                       for k in left), left
-  with caplog.at_level(logging.INFO, logger="scorers.uniter"):
+  with caplog.at_level(logging.INFO, logger="scorers.common"):
     uniter.load(CKPT, uniter.tiny_config())
   assert "cls.predictions.decoder.weight" in caplog.text
   assert "region_classifier.net.3.weight" in caplog.text
@@ -187,7 +187,7 @@ def test_base_checkpoint_key_list_loads_strictly(tmp_path, caplog):
   state = {key: torch.zeros(()).expand(*shape) for key, shape, _ in keys}
   path = str(tmp_path / "uniter-base.pt")
   torch.save(state, path)
-  with caplog.at_level(logging.INFO, logger="scorers.uniter"):
+  with caplog.at_level(logging.INFO, logger="scorers.common"):
     config, params = uniter.load(path)
   assert config == uniter.default_config()
   assert "feat_regress.weight" in caplog.text

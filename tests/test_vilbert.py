@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import scorers
+from scorers import checkpoint_files
 from scorers import common
 from scorers import vilbert
 
@@ -40,7 +41,7 @@ def golden():
 @pytest.fixture(scope="module")
 def tiny_state_dict():
   import torch
-  return common.state_dict_to_numpy(torch.load(TINY_BIN, map_location="cpu", weights_only=True))
+  return checkpoint_files.state_dict_to_numpy(torch.load(TINY_BIN, map_location="cpu", weights_only=True))
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +124,10 @@ def test_inconsistent_config_is_refused():
 
 
 def test_module_follows_the_registry_contract():
-  module = scorers.get("vilbert")
-  for name in ("NAME", "OBJECTIVE", "MATCH_INDEX", "Config", "default_config", "tiny_config",
-               "Model", "init_params", "load", "tokenizer", "text_format", "image_inputs",
-               "score", "pretrain_loss"):
-    assert hasattr(module, name), name
-  assert (module.NAME, module.OBJECTIVE, module.MATCH_INDEX) == ("vilbert", "itm", 0)
-  hash(module.default_config())  # Static jit argument.
+  spec = scorers.get("vilbert")
+  assert spec is vilbert.SCORER
+  assert (spec.name, spec.objective, spec.match_index) == ("vilbert", "itm", 0)
+  hash(spec.default_config())  # Static jit argument.
 
 
 # ------------------------------------------------------------------------------- image inputs
@@ -226,7 +224,7 @@ def test_multi_task_heads_are_ignored_and_logged(tiny_state_dict, caplog):
   extended["vil_logit.weight"] = np.zeros((1, 40), np.float32)
   extended["vil_prediction.logit_fc.0.weight"] = np.zeros((80, 40), np.float32)
   extended["bert.embeddings.task_embeddings.weight"] = np.zeros((20, 32), np.float32)
-  with caplog.at_level(logging.INFO, logger="scorers.vilbert"):
+  with caplog.at_level(logging.INFO, logger="scorers.common"):
     params = vilbert.convert_state_dict(extended, vilbert.tiny_config())
   assert "vil_logit.weight" in caplog.text and "cls.predictions.bias" in caplog.text
   assert "task_specific_tokens" in caplog.text

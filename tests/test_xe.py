@@ -8,11 +8,15 @@ import textwrap
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tests import helpers
+from vlprobe_jax import captioner_stage
 from vlprobe_jax import checkpoints
+from vlprobe_jax import training
 from vlprobe_jax import xe
+from vlprobe_jax.data import pipeline
 
 
 def test_shift_labels_covers_words_and_first_eos():
@@ -31,14 +35,14 @@ def test_paper_schedules():
   np.testing.assert_allclose(probs, [0.0, 0.0, 0.05, 0.10, 0.25, 0.25])
   assert xe.scheduled_sampling_prob(10, -1, 5, 0.05, 0.25) == 0.0
   # Learning rate x0.8 every 3 epochs (100 steps an epoch here), gradients clipped by value.
-  opt = xe.make_optimizer(5e-4, 0.1, decay_every_steps=300, decay_rate=0.8)
+  opt = training.make_optimizer(5e-4, 0.1, decay_every_steps=300, decay_rate=0.8)
   params = {"w": jnp.zeros(3)}
   state = opt.init(params)
   grads = {"w": jnp.array([10.0, -10.0, 0.05])}
   updates, _ = opt.update(grads, state, params)
   # First Adam step is lr * sign(g) for clipped g; the clip keeps 0.05 as is.
   np.testing.assert_allclose(updates["w"], [-5e-4, 5e-4, -5e-4], rtol=1e-3)
-  schedule = [xe.optax.exponential_decay(5e-4, 300, 0.8, staircase=True)(s) for s in (0, 299, 300, 900)]
+  schedule = [optax.exponential_decay(5e-4, 300, 0.8, staircase=True)(s) for s in (0, 299, 300, 900)]
   np.testing.assert_allclose(schedule, [5e-4, 5e-4, 4e-4, 5e-4 * 0.8 ** 3], rtol=1e-6)
 
 
@@ -51,19 +55,17 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
   dataset = helpers.tiny_dataset()
   config = helpers.tiny_config(str(tmp_path))
   stage_dir = str(tmp_path / "xe")
-  assert xe.train(config, dataset, stage_dir, max_steps_this_run=4) is None  # "killed" at 4
+  first = xe.train(config, dataset, stage_dir, max_steps_this_run=4)  # "killed" at 4
+  assert first.params is None and not first.finished
+  cap_config = captioner_stage.captioner_config(config, dataset.vocab.size)
   ckpt = checkpoints.StageCheckpoints(f"{stage_dir}/checkpoints",
-                                      {"stage": "xe", "captioner": xe.dataclasses_asdict(
-                                          xe.captioner_config(config, dataset.vocab.size))})
+                                      captioner_stage.checkpoint_meta("xe", cap_config))
   assert ckpt.latest_step() == 4
   ckpt.close()
-  params = xe.train(config, dataset, stage_dir)  # the same command again
-  assert params is not None
-  steps = _metrics_steps(stage_dir)
-  # Train logs at 2, 4 (first run), then 6, 8 (second); no step is logged twice: no restart.
-  train_steps = [s for s in steps]
-  assert max(train_steps) == 8
-  assert train_steps.count(2) == 1 and train_steps.count(6) >= 1
+  result = xe.train(config, dataset, stage_dir)  # the same command again
+  assert result.finished and result.params is not None and result.best_step in (4, 8)
+  # Logs at 2, 4 (first run), then 6, 8 (second): one row per step, no restart at 2.
+  assert _metrics_steps(stage_dir) == [2, 4, 6, 8]
 
 
 def test_incompatible_checkpoint_is_reported(tmp_path):
@@ -77,7 +79,7 @@ def test_incompatible_checkpoint_is_reported(tmp_path):
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from vlprobe_jax import captioner, xe, training
+    from vlprobe_jax import captioner, devices as devices_lib, training, xe
     assert jax.local_device_count() == 8, jax.local_device_count()
     # Dropout and scheduled sampling off: their keys differ per device by design.
     config = captioner.CaptionerConfig(vocab_size=12, fc_dim=6, embed_size=8, rnn_size=8,
@@ -89,15 +91,16 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     params = captioner.init_params(config, jax.random.key(0))
     results = []
     for devices in (jax.local_devices()[:1], jax.local_devices()):
-      state = xe.TrainState.create(apply_fn=None, params=params, tx=xe.make_optimizer(1e-2, 0.1))
+      state = training.TrainState.create(apply_fn=None, params=params,
+                                         tx=training.make_optimizer(1e-2, 0.1))
       step = jax.pmap(lambda s, b, r, p: xe.xe_train_step(s, b, r, p, config=config),
-                      axis_name=xe.AXIS, devices=devices)
+                      axis_name=training.AXIS, devices=devices)
       n = len(devices)
-      replicated = training.replicate(state, devices)
+      replicated = devices_lib.replicate(state, devices)
       for i in range(3):
-        replicated, m = step(replicated, training.shard(batch, n),
+        replicated, m = step(replicated, devices_lib.shard(batch, n),
                              jax.random.split(jax.random.key(i), n), jnp.zeros((n,)))
-      results.append((training.unreplicate(replicated).params, float(m["train/loss"][0])))
+      results.append((devices_lib.unreplicate(replicated).params, float(m["train/loss"][0])))
     (p1, l1), (p8, l8) = results
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
@@ -118,11 +121,11 @@ def test_eight_devices_equal_one_device():
 
 
 def test_hosts_split_the_global_batch():
-  from vlprobe_jax import training
-  whole = training.batch_indices(100, 8, seed=3, step=17, process_index=0, process_count=1)
-  parts = [training.batch_indices(100, 8, seed=3, step=17, process_index=p, process_count=4)
+  whole = pipeline.EpochRows(100, 8, seed=3, process_index=0, process_count=1).local_rows(17)[0]
+  parts = [pipeline.EpochRows(100, 8, seed=3, process_index=p, process_count=4).local_rows(17)[0]
            for p in range(4)]
   np.testing.assert_array_equal(np.concatenate(parts), whole)
   # Every image once per epoch (12 whole batches of 8 out of 100 images).
-  epoch = np.concatenate([training.batch_indices(100, 8, 3, s, 0, 1) for s in range(12)])
+  rows = pipeline.EpochRows(100, 8, seed=3, process_index=0, process_count=1)
+  epoch = np.concatenate([rows.local_rows(s)[0] for s in range(12)])
   assert len(set(epoch.tolist())) == 96

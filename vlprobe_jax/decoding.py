@@ -117,7 +117,7 @@ def captioner_step_fn(config: captioner_lib.CaptionerConfig, params: Any,
                       dropout_rng: jax.Array | None = None) -> StepFn:
   """The FC captioner as a `step_fn`; dropout on its output when `dropout_rng` is given.
 
-  Step t uses the dropout key `fold_in(dropout_rng, t)`, which `xe.teacher_forced`
+  Step t uses the dropout key `fold_in(dropout_rng, t)`, which `teacher_forced`
   reproduces so both passes see the same masks.
   """
   model = captioner_lib.FCCaptioner(config)
@@ -157,3 +157,50 @@ def decode_captions(config, params, fc_feats, max_length: int, *, method: str = 
     return beam_search(captioner_step_fn(config, params), state, batch, max_length, beam_size,
                        suppress_token)
   raise ValueError(f"decoding method must be 'greedy', 'sample' or 'beam'; found {method!r}.")
+
+
+def teacher_forced(config: captioner_lib.CaptionerConfig, params: Any, fc_feats: jax.Array,
+                   inputs: jax.Array, targets: jax.Array, *, dropout_rng: jax.Array | None,
+                   ss_rng: jax.Array | None = None,
+                   ss_prob: jax.Array | float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Log-probs of `targets` and the entropy of each step, the captioner fed `inputs`.
+
+  Only the chosen token's log-prob and the entropy leave each step, never the [N, T, V] table,
+  which keeps memory flat in the vocabulary size.
+
+  Args:
+    config, params: the captioner.
+    fc_feats: [N, D] image features.
+    inputs: [N, T] tokens fed at each step (0 = BOS first).
+    targets: [N, T] tokens whose log-probs are wanted.
+    dropout_rng: step t uses dropout key `fold_in(dropout_rng, t)`, as
+      `captioner_step_fn` does, so a sampling pass and this pass share masks.
+    ss_rng, ss_prob: with `ss_rng`, each input after the first is replaced, per row with
+      probability `ss_prob`, by a token sampled from the previous step (scheduled sampling).
+
+  Returns:
+    (token log-probs [N, T], entropies [N, T]).
+  """
+  step_fn = captioner_step_fn(config, params, dropout_rng)
+  state = initial_state(config, params, fc_feats)
+  batch = inputs.shape[0]
+
+  def body(carry, t):
+    state, previous_logprobs = carry
+    tokens = inputs[:, t]
+    if ss_rng is not None:
+      key = jax.random.fold_in(ss_rng, t)
+      use_sample = (jax.random.uniform(key, (batch,)) < ss_prob) & (t > 0)
+      sampled = jax.random.categorical(jax.random.fold_in(key, 1), previous_logprobs, axis=-1)
+      tokens = jnp.where(use_sample, jax.lax.stop_gradient(sampled), tokens)
+    logprobs, state = step_fn(tokens, state, t)
+    chosen = jnp.take_along_axis(logprobs, targets[:, t, None], axis=-1)[:, 0]
+    entropy = -jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1)
+    carried = logprobs if ss_rng is not None else previous_logprobs
+    return (state, carried), (chosen, entropy)
+
+  # The previous step's distribution is carried only when scheduled sampling needs it.
+  init_logprobs = jnp.zeros((batch, config.vocab_size) if ss_rng is not None else (batch, 1),
+                            jnp.float32)
+  _, (chosen, entropy) = jax.lax.scan(body, (state, init_logprobs), jnp.arange(inputs.shape[1]))
+  return chosen.T, entropy.T

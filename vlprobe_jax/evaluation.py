@@ -13,7 +13,7 @@ import numpy as np
 from vlprobe_jax import captioner as captioner_lib
 from vlprobe_jax import checkpoints
 from vlprobe_jax import decoding
-from vlprobe_jax import training
+from vlprobe_jax.data import pipeline
 from vlprobe_jax.data.dataset import Split
 from vlprobe_jax.data.vocab import Vocab
 
@@ -34,7 +34,7 @@ def generate(config: captioner_lib.CaptionerConfig, params: Any, fc_feats: np.nd
   """Word ids [N, max_length] for fc_feats [N, D], in fixed-size jitted batches."""
   fn = _generate_fn(config, max_length, method, beam_size, suppress_token)
   out = []
-  for real, batch in training.host_batches({"fc": fc_feats}, batch_size):
+  for real, batch in pipeline.host_batches({"fc": fc_feats}, batch_size):
     out.append(np.asarray(fn(params, batch["fc"]))[:real])
   return np.concatenate(out, axis=0)
 
@@ -101,3 +101,15 @@ def read_captions(path: str) -> list[dict[str, Any]]:
       raise ValueError(f"{path}: entry {n} must be an object with fields 'image_id' and "
                        f"'caption'; found {row!r:.200}.")
   return rows
+
+
+def best_params(stage_dir: str, cap_config: captioner_lib.CaptionerConfig, meta: dict):
+  """The params of the best checkpoint in `<stage_dir>/checkpoints`, or None without one."""
+  if not os.path.isdir(os.path.join(stage_dir, "checkpoints", "best")):
+    return None
+  template = jax.eval_shape(lambda: captioner_lib.init_params(cap_config, jax.random.key(0)))
+  ckpt = checkpoints.StageCheckpoints(os.path.join(stage_dir, "checkpoints"), meta)
+  try:
+    return ckpt.restore_best(template) if ckpt.has_best() else None
+  finally:
+    ckpt.close()

@@ -2,21 +2,20 @@
 
 Two ways in:
   * at the end of every SCST run (`stages.run`, stage "analysis"): the run's own XE and SCST
-    test captions, scored by the run's scorers;
-  * on its own (`python launch.py --config=configs/analysis.py:runs=<dir>,<dir>`): any finished
+    test captions, scored by the run's scorers, with the run's `config.analysis` settings;
+  * on its own (the "analysis" entry point, `configs/analysis.py:runs=<dir>,<dir>`): any finished
     workdirs and captions files, with the data and scorers of the first workdir.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
 import numpy as np
 
+from vlprobe_jax import checkpoints
 from vlprobe_jax import scoring
-from vlprobe_jax import stages
 from vlprobe_jax.data import sources
 from vlprobe_jax.data.dataset import Split
 
@@ -38,27 +37,16 @@ def score_fns_for(scorers: dict[str, scoring.LoadedScorer], split: Split) -> dic
   return {name: make(scorer) for name, scorer in scorers.items()}
 
 
-def _analysis_config(arg: str, out_dir: str, config) -> ml_collections.ConfigDict:
-  from configs import analysis as analysis_config  # pylint: disable=g-import-not-at-top
-
-  acfg = analysis_config.get_config(arg)
-  acfg.out_dir = out_dir
-  acfg.include_meteor = bool(config.eval.get("meteor", True))
-  if config.eval.get("spice_dir"):
-    acfg.spice_dir = config.eval.spice_dir
-  if config.get("analysis") is not None:
-    acfg.seed = config.analysis.get("seed", 0)
-    acfg.probes.enabled = bool(config.analysis.get("probes", True))
-  return acfg
-
-
 def analyse_workdir(config, dataset, scorers: dict, workdir: str) -> dict:
   """The analysis of one run's workdir, written to `<workdir>/analysis/`."""
   from analysis import report  # pylint: disable=g-import-not-at-top
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
   out_dir = os.path.join(workdir, "analysis")
-  acfg = _analysis_config(f"runs={workdir}", out_dir, config)
+  acfg = ml_collections.ConfigDict(config.analysis.to_dict())
+  acfg.runs, acfg.captions, acfg.out_dir = (workdir,), (), out_dir
+  acfg.include_meteor = bool(config.eval.get("meteor", True))
+  acfg.spice_dir = config.eval.get("spice_dir") or None
   corpus = runs_lib.Corpus.from_dataset(dataset)
   print(f"[analysis] writing the report to {out_dir} ...", flush=True)
   report.run_from_config(acfg, corpus, score_fns_for(scorers, dataset["test"]))
@@ -71,32 +59,30 @@ def _run_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json: it is not a launch.py workdir. Pass "
                             "finished run directories with runs=<dir>,<dir>.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(checkpoints.read_json(path))
 
 
 def run_standalone(acfg) -> dict:
-  """`launch.py --config=configs/analysis.py:...`: data, scorers and corpus from the workdirs.
+  """The "analysis" entry point: data, scorers and corpus from the workdirs in `acfg.runs`.
 
   The data (test references, training captions) is the first workdir's; each scorer is the one
   cached in the first workdir that has it (`<workdir>/scorers/<name>`), or its configured
-  checkpoint. Captions files alone are analysed against the default synthetic world.
+  checkpoint.
   """
   from analysis import report  # pylint: disable=g-import-not-at-top
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
-  if acfg.runs:
-    base_dir = acfg.runs[0]
-    run_config = _run_config(base_dir)
-  else:
-    from configs import scst_lxmert  # pylint: disable=g-import-not-at-top
-    run_config = scst_lxmert.get_config()
-    base_dir = run_config.workdir
+  if not acfg.runs:
+    raise ValueError("configs/analysis.py: give at least one finished workdir with runs=<dir>: "
+                     "its test split's references and training captions are what the captions "
+                     "are compared with.")
+  base_dir = acfg.runs[0]
+  run_config = _run_config(base_dir)
   dataset = sources.load(run_config.data, base_dir)
   names = list(acfg.scorers)
   if not names:
     for workdir in acfg.runs:
-      names += stages.scorer_names(_run_config(workdir))
+      names += scoring.scorer_names(_run_config(workdir))
   names = list(dict.fromkeys(names))
   loaded = {}
   for name in names:

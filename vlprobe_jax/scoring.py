@@ -1,4 +1,4 @@
-"""A scorer ready to use in a run: module, config, params, tokenizer tables, cached image inputs.
+"""A scorer ready to use in a run: contract, config, params, tokenizer tables, cached image inputs.
 
 `LoadedScorer` gives the two ways a run scores captions:
   * `reward_fn(scorer_params, word_ids, image_inputs)`: captioner word ids re-tokenized on the
@@ -22,7 +22,7 @@ import numpy as np
 
 import scorers
 from scorers import tokens
-from vlprobe_jax import training
+from vlprobe_jax.data import pipeline
 from vlprobe_jax.data.dataset import Split
 
 
@@ -47,9 +47,9 @@ def bucket_index(buckets: tuple[int, ...], longest) -> jax.Array:
 
 @dataclasses.dataclass
 class LoadedScorer:
-  """One scorer of a run (see scorers/registry.py for the module contract)."""
+  """One scorer of a run: its contract (`scorers.registry.Scorer`), config and params."""
   name: str
-  module: Any
+  spec: scorers.Scorer
   config: Any
   params: Any
   words: tuple[str, ...]  # the captioner vocabulary the table was built for
@@ -57,8 +57,8 @@ class LoadedScorer:
   source: str = ""  # where the params came from, for the logs and the report
 
   def __post_init__(self):
-    self.tokenizer = self.module.tokenizer(self.config)
-    self.fmt = self.module.text_format(self.config)
+    self.tokenizer = self.spec.tokenizer(self.config)
+    self.fmt = self.spec.text_format(self.config)
     self.table = tokens.build_table(self.words, self.tokenizer, self.fmt)
     self.width = tokens.max_width(self.table, self.max_caption_length)
     self.width_buckets = text_width_buckets(self.width)
@@ -89,12 +89,12 @@ class LoadedScorer:
     `width_buckets` that holds the batch's longest caption (`lax.switch`): only padding is cut,
     as when a tokenizer pads to the longest caption of a batch, so the scores are the same.
     """
-    module, config, table = self.module, self.config, self.table
+    score, config, table = self.spec.score, self.config, self.table
     width, buckets = self.width, self.width_buckets
 
     def score_at(bucket):
-      return lambda p, ids, mask, images: module.score(p, config, ids[:, :bucket],
-                                                       mask[:, :bucket], images)
+      return lambda p, ids, mask, images: score(p, config, ids[:, :bucket], mask[:, :bucket],
+                                                images)
 
     branches = [score_at(bucket) for bucket in buckets]
 
@@ -110,8 +110,8 @@ class LoadedScorer:
   @functools.cached_property
   def image_inputs_fn(self):
     """(scorer_params, raw scorer images) -> image inputs; jittable (for in-step use)."""
-    module, config = self.module, self.config
-    return lambda scorer_params, images: module.image_inputs(scorer_params, config, images)
+    image_inputs, config = self.spec.image_inputs, self.config
+    return lambda scorer_params, images: image_inputs(scorer_params, config, images)
 
   def unrepresentable_words(self) -> list[str]:
     return tokens.unrepresentable_words(self.words, self.tokenizer, self.fmt)
@@ -123,7 +123,7 @@ class LoadedScorer:
       fn = jax.jit(self.image_inputs_fn)
       outputs = []
       # Batch by index so lazily read stores (COCO regions) are never loaded whole.
-      for real, batch in training.host_batches({"index": np.arange(len(split))}, batch_size):
+      for real, batch in pipeline.host_batches({"index": np.arange(len(split))}, batch_size):
         out = jax.device_get(fn(self.params, split.scorer_images(batch["index"])))
         outputs.append(jax.tree_util.tree_map(lambda x, r=real: np.asarray(x)[:r], out))
       self._image_cache[split.name] = jax.tree_util.tree_map(
@@ -133,7 +133,7 @@ class LoadedScorer:
   # -- host-side scoring of arbitrary strings -------------------------------------------------
   @functools.cached_property
   def _score_fn(self):
-    return jax.jit(lambda p, ids, mask, images: self.module.score(p, self.config, ids, mask, images))
+    return jax.jit(lambda p, ids, mask, images: self.spec.score(p, self.config, ids, mask, images))
 
   def score_texts(self, captions: list[str], split: Split, image_index: np.ndarray | None = None,
                   batch_size: int = 256) -> np.ndarray:
@@ -156,11 +156,20 @@ class LoadedScorer:
     ids, mask = ids[:, :width], mask[:, :width]
     out = []
     arrays = {"ids": ids, "mask": mask, "index": image_index}
-    for real, batch in training.host_batches(arrays, batch_size):
+    for real, batch in pipeline.host_batches(arrays, batch_size):
       batch_images = jax.tree_util.tree_map(lambda x, b=batch: x[b["index"]], images)
       scores = self._score_fn(self.params, batch["ids"], batch["mask"], batch_images)
       out.append(np.asarray(scores)[:real])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def scorer_names(config) -> list[str]:
+  """Every scorer a run uses: the SCST reward scorer first, then `config.scorers`."""
+  names = []
+  if config.get("scst") is not None and config.scst.get("scorer"):
+    names.append(config.scst.scorer)
+  names += list(config.get("scorers", ()))
+  return list(dict.fromkeys(names))
 
 
 def load_scorers(config, names: list[str], dataset, workdir: str) -> dict[str, LoadedScorer]:
@@ -171,25 +180,27 @@ def load_scorers(config, names: list[str], dataset, workdir: str) -> dict[str, L
   Captioner words the scorer's tokenizer cannot represent are reported once, here.
   """
   loaded = {}
-  checkpoints = config.get("scorer_checkpoints") or {}
+  paths = config.get("scorer_checkpoints") or {}
+  train = dataset["train"]
   for name in names:
-    module = scorers.get(name)
-    path = checkpoints.get(name, "") if hasattr(checkpoints, "get") else ""
+    spec = scorers.get(name)
+    path = paths.get(name, "")
     if path:
-      scorer_config, params = module.load(path, trust_pickle=config.get("trust_pickle", False))
+      scorer_config, params = spec.load(path, trust_pickle=config.get("trust_pickle", False))
       source = path
-    elif dataset.splits["train"].pixels is not None or dataset.splits["train"].region_feats is not None:
-      from scorers import pretrain  # pylint: disable=g-import-not-at-top
-      scorer_config, params, source = pretrain.pretrained_for_world(
-          config, module, dataset, os.path.join(workdir, "scorers", name))
+    elif train.pixels is not None or train.region_feats is not None:
+      from vlprobe_jax import scorer_pretrain  # pylint: disable=g-import-not-at-top
+      scorer_config, params, source = scorer_pretrain.pretrained_for_world(
+          config, spec, dataset, os.path.join(workdir, "scorers", name))
     else:
       raise ValueError(
           f"No checkpoint for scorer {name!r}: set --config.scorer_checkpoints.{name}=/path "
           "(see docs/coco.md for the formats each scorer reads).")
     if hasattr(scorer_config, "dtype") and config.get("scorer_dtype"):
       scorer_config = dataclasses.replace(scorer_config, dtype=config.scorer_dtype)
-    scorer = LoadedScorer(name, module, scorer_config, jax.tree_util.tree_map(jnp.asarray, params),
-                          dataset.vocab.words, config.eval.max_length, source)
+    longest = max(config.eval.max_length, config.scst.max_length if "scst" in config else 0)
+    scorer = LoadedScorer(name, spec, scorer_config, jax.tree_util.tree_map(jnp.asarray, params),
+                          dataset.vocab.words, longest, source)
     missing = scorer.unrepresentable_words()
     if missing:
       shown = ", ".join(missing[:30]) + (" ..." if len(missing) > 30 else "")

@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import optax
 
 from vlprobe_jax import captioner as captioner_lib
-from vlprobe_jax import checkpoints
+from vlprobe_jax import captioner_stage
 from vlprobe_jax import decoding
+from vlprobe_jax import devices as devices_lib
 from vlprobe_jax import evaluation
 from vlprobe_jax import training
-from vlprobe_jax import xe
-
-AXIS = xe.AXIS
+from vlprobe_jax.training import AXIS, TrainState
 # reward_fn(scorer_params, word_ids [N, T], image_inputs (leading dim N)) -> scores [N]
 RewardFn = Callable[[Any, jax.Array, Any], jax.Array]
 
@@ -64,7 +63,7 @@ def repeat_images(tree: Any, times: int) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.repeat(x, times, axis=0), tree)
 
 
-def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, Any],
+def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any],
                     rng: jax.Array, *, config: captioner_lib.CaptionerConfig,
                     reward_fn: RewardFn, num_samples: int, baseline: str, max_length: int,
                     temperature: float = 1.0, image_inputs_fn: Callable | None = None):
@@ -90,7 +89,7 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
   rng_sample, rng_dropout = jax.random.split(rng)
   params = jax.lax.stop_gradient(state.params)
 
-  # The named scopes label the phases in profiler traces (vlprobe_jax/profile_summary.py).
+  # The named scopes label the phases in profiler traces (vlprobe_jax/bench/profile.py).
   with jax.named_scope("decode"):
     greedy_seq, _ = decoding.decode_captions(config, params, fc, max_length, method="greedy")
     fc_samples = jnp.repeat(fc, num_samples, axis=0)
@@ -113,8 +112,8 @@ def scst_train_step(state: xe.TrainState, scorer_params: Any, batch: dict[str, A
   global_tokens = jax.lax.psum(mask.sum(), AXIS)
 
   def loss_fn(params):
-    token_logprobs, entropy = xe.teacher_forced(config, params, fc_samples, inputs, sample_seq,
-                                                dropout_rng=rng_dropout)
+    token_logprobs, entropy = decoding.teacher_forced(config, params, fc_samples, inputs,
+                                                      sample_seq, dropout_rng=rng_dropout)
     loss = policy_gradient_loss(token_logprobs, advantage, mask, global_tokens)
     return loss, entropy
 
@@ -156,9 +155,81 @@ def make_p_scst_step(config: captioner_lib.CaptionerConfig, reward_fn: RewardFn,
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
+class SCSTTask(captioner_stage.CaptionerTask):
+  """SCST as a `training.Task`, from `init_params` with `scorer`'s match score as the reward.
+
+  Image inputs are cached per image for the whole run (`scst.cache_image_inputs`, the synthetic
+  world); on COCO they would not fit in host memory, so the step computes them once per image
+  per step from the stored regions or pixels.
+  """
+  stage = "scst"
+
+  def __init__(self, config, dataset, stage_dir: str, init_params: Any, scorer):
+    super().__init__(config, dataset, stage_dir, config.scst)
+    scfg = config.scst
+    self.init_params, self.scorer = init_params, scorer
+    self.label = f"scst:{scorer.name}"
+    self.eval_name = f"val {scorer.name} score"
+    self.checkpoint_meta = captioner_stage.checkpoint_meta("scst", self.cap_config,
+                                                           scorer=scorer.name)
+    self.cached = scfg.get("cache_image_inputs", True)
+    self.p_step = make_p_scst_step(self.cap_config, scorer.reward_fn, scfg.num_samples,
+                                   scfg.baseline, scfg.max_length, scfg.temperature,
+                                   devices=self.devices,
+                                   image_inputs_fn=None if self.cached else scorer.image_inputs_fn)
+    self.step_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
+    self.scorer_params = None
+    self.train_images = None
+
+  def initial_state(self) -> TrainState:
+    scfg = self.config.scst
+    return TrainState.create(apply_fn=None, params=self.init_params,
+                             tx=training.make_optimizer(scfg.lr, scfg.grad_clip))
+
+  def place(self, state):
+    if self.scorer_params is None:
+      scfg = self.config.scst
+      self.scorer_params = devices_lib.replicate(self.scorer.params, self.devices)
+      if self.cached:
+        self.train_images = self.scorer.image_inputs(self.dataset["train"])
+      print(f"[scst] reward: {self.scorer.name} match score; {scfg.images_per_batch} images x "
+            f"{scfg.num_samples} samples a step, baseline {scfg.baseline}, "
+            f"{self.total_steps} steps", flush=True)
+    return super().place(state)
+
+  def gather(self, rows):
+    train = self.dataset["train"]
+    images = (jax.tree_util.tree_map(lambda x: x[rows], self.train_images) if self.cached
+              else train.scorer_images(rows))
+    return {"fc_feats": train.fc_feats[rows], "image_inputs": images}
+
+  def train_step(self, placed, batch, step: int):
+    keys = jax.device_put(self.step_keys(self.step_rng, step),
+                          devices_lib.device_sharding(self.devices))
+    # Everything the step needs is on the device already: any hidden transfer is an error.
+    with jax.transfer_guard("disallow"):
+      return self.p_step(placed, self.scorer_params, batch, keys)
+
+  def progress_values(self, scalars: dict, done: int) -> dict:
+    return {"reward(sample)": scalars["reward/sample_mean"],
+            "reward(greedy)": scalars["reward/greedy_mean"],
+            "len": scalars["sample/length_mean"]}
+
+  def evaluate(self, state, done: int) -> training.Evaluation:
+    val_split = self.dataset["val"]
+    captions = self.val_captions(state.params)
+    val_score = float(self.scorer.score_texts(captions, val_split).mean())
+    val_cider = evaluation.cider(val_split, captions)
+    return training.Evaluation(
+        score=val_score, scalars={"val/reward": val_score, "val/cider": val_cider},
+        summary=f"val {self.scorer.name} score {val_score:.2f}, CIDEr {val_cider:.3f}",
+        example=captions[0])
+
+
 def train(config, dataset, stage_dir: str, init_params: Any, scorer, *,
-          max_steps_this_run: int | None = None):
-  """Runs (or resumes) the SCST stage from `init_params`; returns the best params.
+          max_steps_this_run: int | None = None) -> training.StageResult:
+  """Runs, resumes or reports finished the SCST stage; the result holds the params of the best
+  checkpoint (highest mean val reward of greedy captions).
 
   Args:
     config: the run config (`seed`, `captioner`, `scst`, `eval`).
@@ -167,76 +238,6 @@ def train(config, dataset, stage_dir: str, init_params: Any, scorer, *,
     init_params: the captioner params to start from (the best XE checkpoint).
     scorer: a `scoring.LoadedScorer`: the reward.
     max_steps_this_run: stop early (tests use it to simulate an interruption).
-
-  Returns:
-    The params of the best checkpoint (highest mean val reward of greedy captions), or None when
-    stopped early.
   """
-  scfg = config.scst
-  cap_config = xe.captioner_config(config, dataset.vocab.size)
-  train_split, val_split = dataset["train"], dataset["val"]
-  per_epoch = training.steps_per_epoch(len(train_split), scfg.images_per_batch)
-  total = scfg.get("total_steps") or scfg.epochs * per_epoch
-  state = xe.TrainState.create(apply_fn=None, params=init_params,
-                               tx=xe.make_optimizer(scfg.lr, scfg.grad_clip))
-  meta = {"stage": "scst", "captioner": xe.dataclasses_asdict(cap_config), "scorer": scorer.name}
-  ckpt = checkpoints.StageCheckpoints(f"{stage_dir}/checkpoints", meta)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore_latest(state)
-    print(f"[scst] resuming from step {int(state.step)} ({ckpt.directory})", flush=True)
-  start = int(state.step)
-  if start >= total:
-    ckpt.close()
-    return xe.best_params_with_meta(cap_config, stage_dir, meta)
-
-  devices = jax.local_devices()
-  sharding = training.device_sharding(devices)
-  # Cached image inputs (computed once per image for the whole run) suit the synthetic world;
-  # on COCO they would not fit in host memory, so the step computes them once per image per step.
-  cached = scfg.get("cache_image_inputs", True)
-  p_step = make_p_scst_step(cap_config, scorer.reward_fn, scfg.num_samples, scfg.baseline,
-                            scfg.max_length, scfg.temperature, devices=devices,
-                            image_inputs_fn=None if cached else scorer.image_inputs_fn)
-  replicated = training.replicate(state, devices)
-  scorer_params = training.replicate(scorer.params, devices)
-  train_images = scorer.image_inputs(train_split) if cached else None
-  writer = training.MetricWriter(stage_dir)
-  progress = training.Progress(f"scst:{scorer.name}", total, start)
-  stop = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
-  step_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
-  print(f"[scst] reward: {scorer.name} match score; {scfg.images_per_batch} images x "
-        f"{scfg.num_samples} samples a step, baseline {scfg.baseline}, {total} steps", flush=True)
-  for step in range(start, stop):
-    index = training.batch_indices(len(train_split), scfg.images_per_batch, config.seed, step)
-    images = (jax.tree_util.tree_map(lambda x: x[index], train_images) if cached
-              else train_split.scorer_images(index))
-    batch = {"fc_feats": train_split.fc_feats[index], "image_inputs": images}
-    batch = jax.device_put(training.shard(batch, len(devices)), sharding)
-    keys = jax.device_put(training.device_keys(step_rng, step, len(devices)), sharding)
-    # Everything the step needs is on the device already: any hidden transfer is an error.
-    with jax.transfer_guard("disallow"):
-      replicated, measurements = p_step(replicated, scorer_params, batch, keys)
-    done = step + 1
-    if done % scfg.log_every_steps == 0 or done == stop:
-      scalars = training.unreplicate(measurements)
-      writer.write(done, scalars)
-      progress.report(done, {"reward(sample)": scalars["reward/sample_mean"],
-                             "reward(greedy)": scalars["reward/greedy_mean"],
-                             "len": scalars["sample/length_mean"]})
-    if done % scfg.eval_every_steps == 0 or done == total:
-      current = training.unreplicate(replicated)
-      captions = evaluation.split_captions(cap_config, current.params, val_split,
-                                           dataset.vocab, config.eval)
-      val_score = float(scorer.score_texts(captions, val_split).mean())
-      val_cider = evaluation.cider(val_split, captions)
-      writer.write(done, {"val/reward": val_score, "val/cider": val_cider})
-      improved = ckpt.maybe_save_best(done, current.params, val_score)
-      print(f"[scst] step {done}: val {scorer.name} score {val_score:.2f}, CIDEr {val_cider:.3f}"
-            f"{' (best so far)' if improved else ''} | e.g. \"{captions[0]}\"", flush=True)
-    if done % scfg.checkpoint_every_steps == 0 or done == stop:
-      ckpt.save_latest(done, training.unreplicate(replicated))
-  writer.close()
-  ckpt.close()
-  if stop < total:
-    return None
-  return xe.best_params_with_meta(cap_config, stage_dir, meta)
+  return training.train(SCSTTask(config, dataset, stage_dir, init_params, scorer),
+                        max_steps_this_run=max_steps_this_run)

@@ -195,7 +195,7 @@ def run_reference(*, scorer_name: str, scorer_config: Any, cap_config: Any, cap_
     {phase: [seconds per repeat]}} with phases decode, strings_tokenize, score, update, full.
   """
   if scorer_name not in _SCORERS:
-    raise ValueError(f"vlprobe_jax/bench_torch.py: no reference pipeline for scorer "
+    raise ValueError(f"vlprobe_jax/bench/torch_reference.py: no reference pipeline for scorer "
                      f"{scorer_name!r}; available: {', '.join(sorted(_SCORERS))}.")
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   precision = torch.get_float32_matmul_precision()

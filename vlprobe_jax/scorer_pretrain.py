@@ -3,9 +3,11 @@
 No VLP weights can be downloaded on a fresh machine, so on the synthetic world every scorer is
 its own Flax module at `tiny_config()` sizes (with the real tokenizer's vocabulary; sizes can be
 changed per scorer in the config), pretrained here: image-text matching (LXMERT, UNITER,
-ROSITA, ViLBERT, through each module's `pretrain_loss`) or the symmetric contrastive loss
+ROSITA, ViLBERT, through each scorer's `pretrain_loss`) or the symmetric contrastive loss
 (CLIP). The result is cached in `<workdir>/scorers/<name>/` with its validation metrics, and
-reused by later runs and stages.
+reused by later runs and stages. Training runs through the one loop (`training.train`, with
+checkpoints under `<workdir>/scorers/<name>/checkpoints`, so an interrupted pretraining resumes)
+and the one input pipeline (`scorer_pairs.PairBatches`).
 
 What makes the tiny ITM models learn in a couple of CPU minutes (600 steps of the old loop left
 LXMERT at chance; measured on the default world, see configs/common.py):
@@ -24,9 +26,9 @@ at these widths it learned slower than Flax's lecun-normal kernels (0.56-0.61 vs
 400 steps, three seeds each).
 
 ITM negatives are a mix of captions of random images, of related images and the image's own
-captions with one visual word swapped (scorers/pretrain_pairs.py).
+captions with one visual word swapped (vlprobe_jax/scorer_pairs.py).
 
-Batch layout handed to `module.pretrain_loss(params, config, batch, rng)`:
+Batch layout handed to `spec.pretrain_loss(params, config, batch, rng)`:
   "text_ids", "text_mask": [N, T] int32 from the scorer's real tokenizer;
   "images": the raw image side of the N captions' images (`Split.scorer_images`);
   "match": [N] int32, 1 when the caption describes its image (ITM only; CLIP pairs caption i
@@ -38,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import flax.serialization
@@ -47,9 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scorers import pretrain_pairs
 from vlprobe_jax import checkpoints
+from vlprobe_jax import scorer_pairs
 from vlprobe_jax import training
+from vlprobe_jax.data import pipeline
 
 # Bump when a change here changes what `pretrain` produces, so cached scorers are rebuilt.
 PRETRAIN_VERSION = 2
@@ -72,16 +76,16 @@ def settings(pretrain_config, name: str) -> dict:
   return flat
 
 
-def world_config(module, pretrain_config=None):
-  """`module.tiny_config()` with the real tokenizer's vocabulary size and the configured sizes.
+def world_config(spec, pretrain_config=None):
+  """`spec.tiny_config()` with the real tokenizer's vocabulary size and the configured sizes.
 
   `pretrain_config` (the `scorer_pretrain` block, optional) may set `max_text_len`,
   `dropout_rate` (>= 0 replaces the config's) and, per scorer, `model` (Config field overrides).
   """
-  tiny = module.tiny_config()
-  overrides = {"vocab_size": len(module.tokenizer(tiny))}
+  tiny = spec.tiny_config()
+  overrides = {"vocab_size": len(spec.tokenizer(tiny))}
   if pretrain_config is not None:
-    s = settings(pretrain_config, module.NAME)
+    s = settings(pretrain_config, spec.name)
     if s.get("max_text_len"):
       overrides["max_text_len"] = s["max_text_len"]
     if s.get("dropout_rate", -1) >= 0 and hasattr(tiny, "dropout_rate"):
@@ -89,8 +93,8 @@ def world_config(module, pretrain_config=None):
     fields = {f.name for f in dataclasses.fields(tiny)}
     unknown = sorted(set(s.get("model", {})) - fields)
     if unknown:
-      raise ValueError(f"scorer_pretrain.per_scorer.{module.NAME}.model: {unknown} are not "
-                       f"fields of scorers/{module.NAME}.py Config; its fields: {sorted(fields)}.")
+      raise ValueError(f"scorer_pretrain.per_scorer.{spec.name}.model: {unknown} are not "
+                       f"fields of scorers/{spec.name}.py Config; its fields: {sorted(fields)}.")
     overrides.update(s.get("model", {}))
   return dataclasses.replace(tiny, **overrides)
 
@@ -150,7 +154,7 @@ def _feature_kernel_path(params, feature_dim: int) -> tuple[str, ...]:
   found = [path[:-1] for path, leaf in flat.items()
            if path[-1] == "kernel" and leaf.ndim == 2 and leaf.shape[0] == feature_dim]
   if len(found) != 1:
-    raise ValueError(f"scorers/pretrain.py: expected exactly one Dense kernel of input width "
+    raise ValueError(f"vlprobe_jax/scorer_pretrain.py: expected exactly one Dense kernel of input width "
                      f"{feature_dim} (the region-feature projection) to fold the feature "
                      f"normalisation into; found {['/'.join(p) for p in found]}. Set "
                      "scorer_pretrain.feature_norm='none' for this scorer.")
@@ -175,8 +179,8 @@ def fold_feature_transform(params, transform):
 # Evaluation.
 
 
-def _image_inputs(module, scorer_config, params, split, index: np.ndarray):
-  fn = jax.jit(lambda p, images: module.image_inputs(p, scorer_config, images))
+def _image_inputs(spec, scorer_config, params, split, index: np.ndarray):
+  fn = jax.jit(lambda p, images: spec.image_inputs(p, scorer_config, images))
   return jax.device_get(fn(params, split.scorer_images(index)))
 
 
@@ -187,13 +191,13 @@ def _scores(score_fn, params, encoder, captions, image_inputs, batch_size=250):
   batch_size = min(batch_size, len(captions))
   out = []
   arrays = {"ids": ids, "mask": mask, "index": np.arange(len(captions))}
-  for real, batch in training.host_batches(arrays, batch_size):
+  for real, batch in pipeline.host_batches(arrays, batch_size):
     inputs = jax.tree_util.tree_map(lambda x, b=batch: x[b["index"]], image_inputs)
     out.append(np.asarray(score_fn(params, batch["ids"], batch["mask"], inputs))[:real])
   return np.concatenate(out)
 
 
-def evaluate(module, scorer_config, params, split, seed: int = 0, max_images: int = 250,
+def evaluate(spec, scorer_config, params, split, seed: int = 0, max_images: int = 250,
              group: int = 100) -> dict[str, float]:
   """Validation metrics of a trained scorer (deterministic: dropout off, fixed seed).
 
@@ -207,16 +211,16 @@ def evaluate(module, scorer_config, params, split, seed: int = 0, max_images: in
   of reference; "swap_ranking" as above on the cosine.
   """
   rng = np.random.default_rng(seed)
-  sampler = pretrain_pairs.PairSampler(split)
-  encoder = pretrain_pairs.TextEncoder(module, scorer_config, [split])
+  sampler = scorer_pairs.PairSampler(split)
+  encoder = scorer_pairs.TextEncoder(spec, scorer_config, [split])
   n = min(len(split), max_images)
   index = np.arange(n)
-  inputs = _image_inputs(module, scorer_config, params, split, index)
-  score_fn = jax.jit(lambda p, i, m, x: module.score(p, scorer_config, i, m, x))
+  inputs = _image_inputs(spec, scorer_config, params, split, index)
+  score_fn = jax.jit(lambda p, i, m, x: spec.score(p, scorer_config, i, m, x))
   positives = [split.references[i][int(rng.integers(len(split.references[i])))] for i in index]
   swapped = [sampler.swap_negative(int(i), c, rng)[0] for i, c in zip(index, positives)]
   metrics = {}
-  if module.OBJECTIVE == "itm":
+  if spec.objective == "itm":
     captions = {"positive": positives, "swap": swapped}
     for kind in ("random", "related"):
       captions[kind] = [sampler.caption(int(i), kind, rng)[0] for i in index]
@@ -231,7 +235,7 @@ def evaluate(module, scorer_config, params, split, seed: int = 0, max_images: in
     ids_sets = []
     for t in range(len(split.references[0])):
       ids_sets.append(encoder([split.references[i][t % len(split.references[i])] for i in index]))
-    embed = jax.jit(lambda p, i, m: module.embed_texts(p, scorer_config, i, m))
+    embed = jax.jit(lambda p, i, m: spec.embed_texts(p, scorer_config, i, m))
     hits = []
     for ids, mask in ids_sets:
       texts = np.asarray(embed(params, ids, mask))
@@ -268,123 +272,152 @@ def _rngs(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   return tuple(jax.random.split(jax.random.key(seed), 3))
 
 
-def initial_params(module, scorer_config, s: dict):
+def initial_params(spec, scorer_config, s: dict):
   """The parameters training starts from, given the settings `s` (seed, init_std)."""
   rng_init, rng_reinit, _ = _rngs(s["seed"])
-  # Jitted: some modules' init runs eagerly, op by op (seconds on a CPU).
-  params = jax.jit(module.init_params, static_argnums=0)(scorer_config, rng_init)
+  params = jax.jit(spec.init_params, static_argnums=0)(scorer_config, rng_init)
   return bert_init(params, rng_reinit, s["init_std"]) if s["init_std"] > 0 else params
 
 
-def pretrain(config, module, dataset, directory: str):
-  """Trains `module` at world size on `dataset`; returns (scorer config, params, summary).
+class PretrainTask:
+  """Pretraining of one tiny scorer as a `training.Task` (one device, no eval in the loop)."""
+  eval_every_steps = 0
+  eval_name = ""
 
-  `directory` is where `pretrained_for_world` caches the result (unused here).
-  """
-  del directory
-  s = settings(config.scorer_pretrain, module.NAME)
-  scorer_config = world_config(module, config.scorer_pretrain)
-  train_split, val_split = dataset["train"], dataset["val"]
-  params = initial_params(module, scorer_config, s)
-  _, _, rng_dropout = _rngs(s["seed"])
-  norm = None
-  if module.OBJECTIVE == "itm" and train_split.region_feats is not None:
-    norm = feature_transform(train_split, s["feature_norm"])
-  if norm is not None:
-    _feature_kernel_path(params, norm["mean"].shape[0])  # Fail now, not after training.
-  tx = _optimizer(s)
-  opt_state = tx.init(params)
+  def __init__(self, config, spec, dataset, directory: str, key: dict):
+    s = self.settings = settings(config.scorer_pretrain, spec.name)
+    self.spec, self.dataset, self.stage_dir = spec, dataset, directory
+    self.stage = self.label = f"pretrain:{spec.name}"
+    self.scorer_config = world_config(spec, config.scorer_pretrain)
+    self.total_steps = s["steps"]
+    self.log_every_steps = s["log_every_steps"]
+    self.checkpoint_every_steps = s["checkpoint_every_steps"]
+    self.checkpoint_meta = {"stage": "pretrain", "key": key}
+    train_split = dataset["train"]
+    self.norm = None
+    if spec.objective == "itm" and train_split.region_feats is not None:
+      self.norm = feature_transform(train_split, s["feature_norm"])
+    self.tx = _optimizer(s)
+    self._rng_dropout = _rngs(s["seed"])[2]
+    norm, scorer_config = self.norm, self.scorer_config
 
-  def normalise(images):
-    if norm is None or "region_feats" not in images:
-      return images
-    return dict(images, region_feats=apply_feature_transform(images["region_feats"], norm))
+    def normalise(images):
+      if norm is None or "region_feats" not in images:
+        return images
+      return dict(images, region_feats=apply_feature_transform(images["region_feats"], norm))
 
-  @jax.jit
-  def step(params, opt_state, batch, key):
-    batch = dict(batch, images=normalise(batch["images"]))
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: module.pretrain_loss(p, scorer_config, batch, key), has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, metrics
+    @jax.jit
+    def step(state, batch, key):
+      batch = dict(batch, images=normalise(batch["images"]))
+      (loss, metrics), grads = jax.value_and_grad(
+          lambda p: spec.pretrain_loss(p, scorer_config, batch, key), has_aux=True)(state.params)
+      return state.apply_gradients(grads=grads), {"train/loss": loss, **{
+          f"train/{k}": v for k, v in metrics.items()}}
 
-  sampler = pretrain_pairs.PairSampler(train_split, dataset.vocab.words)
-  encoder = pretrain_pairs.TextEncoder(module, scorer_config, [train_split, val_split])
-  contrastive = module.OBJECTIVE != "itm"
-  progress = training.Progress(f"pretrain:{module.NAME}", s["steps"])
-  host_rng = np.random.default_rng(s["seed"])
-  batch_size = min(s["batch_size"], len(train_split))
+    self._step = step
+
+  def initial_state(self) -> training.TrainState:
+    params = initial_params(self.spec, self.scorer_config, self.settings)
+    if self.norm is not None:
+      _feature_kernel_path(params, self.norm["mean"].shape[0])  # Fail now, not after training.
+    return training.TrainState.create(apply_fn=None, params=params, tx=self.tx)
+
+  def batches(self, start_step: int, stop_step: int):
+    s, dataset = self.settings, self.dataset
+    train_split = dataset["train"]
+    encoder = scorer_pairs.TextEncoder(self.spec, self.scorer_config,
+                                       [train_split, dataset["val"]])
+    source = scorer_pairs.PairBatches(
+        train_split, dataset.vocab.words, encoder, batch_size=min(s["batch_size"],
+                                                                 len(train_split)),
+        seed=s["seed"], contrastive=self.spec.objective != "itm", negatives=s["negatives"],
+        paired=s["paired"])
+    return pipeline.BatchIterator(source, start_step=start_step, stop_step=stop_step)
+
+  def place(self, state):
+    return state
+
+  def fetch(self, placed):
+    return jax.device_get(placed)
+
+  def train_step(self, state, batch, step: int):
+    return self._step(state, batch, jax.random.fold_in(self._rng_dropout, step))
+
+  def progress_values(self, scalars: dict, done: int) -> dict:
+    accuracy = scalars.get("train/accuracy", scalars.get("train/accuracy/image_to_text"))
+    return {"loss": scalars["train/loss"], "batch acc": accuracy}
+
+  def evaluate(self, state, done: int) -> training.Evaluation:
+    raise NotImplementedError("scorer pretraining evaluates after the loop (`pretrain`).")
+
+
+def pretrain(config, spec, dataset, directory: str, key: dict | None = None):
+  """Trains the tiny `spec` on `dataset` (resuming from `directory`'s checkpoints); returns
+  (scorer config, params with the feature normalisation folded in, summary)."""
+  task = PretrainTask(config, spec, dataset, directory, key or _cache_key(config, spec))
+  s = task.settings
   start, cpu_start = time.time(), time.process_time()
-  for i in range(s["steps"]):
-    if contrastive:  # Distinct images, each with one of its references.
-      images = host_rng.choice(len(train_split), size=batch_size, replace=False)
-      captions = [sampler.caption(int(j), "positive", host_rng)[0] for j in images]
-      match = np.ones((batch_size,), np.int32)
-    else:
-      images, captions, match, _ = sampler.sample(host_rng, batch_size, s["negatives"],
-                                                  s["paired"])
-    ids, mask = encoder(captions)
-    batch = {"text_ids": ids, "text_mask": mask, "images": train_split.scorer_images(images),
-             "match": match}
-    params, opt_state, loss, metrics = step(params, opt_state, batch,
-                                            jax.random.fold_in(rng_dropout, i))
-    if (i + 1) % s["log_every_steps"] == 0 or i + 1 == s["steps"]:
-      accuracy = metrics.get("accuracy", metrics.get("accuracy/image_to_text"))
-      progress.report(i + 1, {"loss": float(loss), "batch acc": float(accuracy)})
-  jax.block_until_ready(params)
+  params = training.train(task).params
   seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-  if norm is not None:
-    params = fold_feature_transform(params, norm)
-  metrics = evaluate(module, scorer_config, params, val_split, seed=s["seed"])
-  summary = {"scorer": module.NAME, "objective": module.OBJECTIVE,
+  if task.norm is not None:
+    params = fold_feature_transform(params, task.norm)
+  metrics = evaluate(spec, task.scorer_config, params, dataset["val"], seed=s["seed"])
+  summary = {"scorer": spec.name, "objective": spec.objective,
              "val_accuracy": metrics["accuracy"], "chance": metrics["chance"], "val": metrics,
              "steps": s["steps"], "seconds": seconds, "cpu_seconds": cpu_seconds,
              "steps_per_second": s["steps"] / max(seconds, 1e-9),
-             "config": dataclasses.asdict(scorer_config)}
-  what = "matching accuracy" if module.OBJECTIVE == "itm" else "image->text retrieval accuracy"
+             "config": dataclasses.asdict(task.scorer_config)}
+  what = "matching accuracy" if spec.objective == "itm" else "image->text retrieval accuracy"
   details = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())
                       if k not in ("accuracy", "chance"))
-  print(f"[pretrain:{module.NAME}] val {what} {metrics['accuracy']:.3f} (chance "
+  print(f"[pretrain:{spec.name}] val {what} {metrics['accuracy']:.3f} (chance "
         f"{metrics['chance']:.3f}); {details}; {s['steps']} steps in {seconds:.0f} s "
         f"({cpu_seconds:.0f} CPU s)", flush=True)
-  return scorer_config, params, summary
+  return task.scorer_config, params, summary
 
 
-def _cache_key(config, module) -> dict:
-  """What the cached scorer depends on (how often training logs it does not)."""
-  s = settings(config.scorer_pretrain, module.NAME)
+def _cache_key(config, spec) -> dict:
+  """What the cached scorer depends on (how often training logs or checkpoints does not)."""
+  s = settings(config.scorer_pretrain, spec.name)
   s.pop("log_every_steps")
+  s.pop("checkpoint_every_steps")
   wanted = {"world": config.data.to_dict(), "version": PRETRAIN_VERSION, "pretrain": s}
   return json.loads(json.dumps(wanted, default=str, sort_keys=True))
 
 
-def pretrained_for_world(config, module, dataset, directory: str):
+def pretrained_for_world(config, spec, dataset, directory: str):
   """The cached tiny scorer in `directory`, pretraining it first when missing or stale.
 
-  The cache is keyed on the world config, this scorer's pretraining settings and
-  `PRETRAIN_VERSION`. Returns (scorer config, params, a description of the source).
+  The cache (`params.msgpack` + `pretrain.json`) is keyed on the world config, this scorer's
+  pretraining settings and `PRETRAIN_VERSION`. Returns (scorer config, params, a description
+  of the source).
   """
   os.makedirs(directory, exist_ok=True)
   params_path = os.path.join(directory, "params.msgpack")
   summary_path = os.path.join(directory, "pretrain.json")
-  wanted = _cache_key(config, module)
+  wanted = _cache_key(config, spec)
   if os.path.exists(params_path) and os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
+    summary = checkpoints.read_json(summary_path)
     if summary.get("key") == wanted:
       fields = {k: tuple(v) if isinstance(v, list) else v for k, v in summary["config"].items()}
-      scorer_config = type(module.tiny_config())(**fields)
-      template = jax.eval_shape(lambda: module.init_params(scorer_config, jax.random.key(0)))
+      scorer_config = type(spec.tiny_config())(**fields)
+      template = jax.eval_shape(lambda: spec.init_params(scorer_config, jax.random.key(0)))
       with open(params_path, "rb") as f:
         params = flax.serialization.from_bytes(template, f.read())
-      print(f"[scorers] {module.NAME}: using the pretrained tiny scorer in {directory} "
+      print(f"[scorers] {spec.name}: using the pretrained tiny scorer in {directory} "
             f"(val accuracy {summary['val_accuracy']:.3f})", flush=True)
-      return scorer_config, jax.tree_util.tree_map(jnp.asarray, params), directory
-  scorer_config, params, summary = pretrain(config, module, dataset, directory)
+      return scorer_config, params, directory
+  try:
+    scorer_config, params, summary = pretrain(config, spec, dataset, directory, wanted)
+  except checkpoints.IncompatibleCheckpoint:  # Checkpoints of other settings: a stale cache.
+    print(f"[scorers] {spec.name}: the pretraining settings changed; starting it over", flush=True)
+    shutil.rmtree(os.path.join(directory, "checkpoints"))
+    scorer_config, params, summary = pretrain(config, spec, dataset, directory, wanted)
   summary["key"] = wanted
-  tmp = f"{params_path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.to_bytes(jax.device_get(params)))
-  os.replace(tmp, params_path)
-  checkpoints.write_json_atomic(summary_path, summary)
+  if jax.process_index() == 0:
+    tmp = f"{params_path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.to_bytes(jax.device_get(params)))
+    os.replace(tmp, params_path)
+    checkpoints.write_json_atomic(summary_path, summary)
   return scorer_config, params, directory

@@ -11,7 +11,8 @@ image's references) and three kinds of negatives, none of them one of the image'
 The last two make the score depend on the visual words, which the paper's analysis probes.
 
 `TextEncoder` tokenizes with the scorer's real tokenizer at one fixed width, so the train step
-compiles once.
+compiles once. `PairBatches` is the pretraining source of the one input pipeline
+(`data.pipeline.BatchIterator`): step -> batch, all drawn from one seeded rng.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class PairSampler:
       caption = refs[int(rng.integers(len(refs)))]
       if caption not in self._refsets[i]:
         return caption
-    raise ValueError(f"scorers/pretrain_pairs.py: no caption of another image differs from the "
+    raise ValueError(f"vlprobe_jax/scorer_pairs.py: no caption of another image differs from the "
                      f"references of {self.split.name} image {i}; the split needs images with "
                      "distinct captions.")
 
@@ -172,9 +173,9 @@ class PairSampler:
 class TextEncoder:
   """The scorer's real tokenizer, padded to one fixed width (one compile for all batches)."""
 
-  def __init__(self, module, scorer_config, splits):
-    self.tokenizer = module.tokenizer(scorer_config)
-    self.fmt = module.text_format(scorer_config)
+  def __init__(self, spec, scorer_config, splits):
+    self.tokenizer = spec.tokenizer(scorer_config)
+    self.fmt = spec.text_format(scorer_config)
     longest = 2
     for split in splits:
       texts = [self.fmt.text(c) for refs in split.references for c in refs]
@@ -189,3 +190,46 @@ class TextEncoder:
     mask = np.asarray(encoded["attention_mask"], np.int32)
     ids = np.where(mask > 0, np.asarray(encoded["input_ids"], np.int32), self.fmt.pad_id)
     return ids, mask
+
+
+class PairBatches:
+  """`step -> batch` of scorer pretraining, every draw from one rng seeded with `seed`.
+
+  Batches depend on the draws before them, so steps must come in order; asked for an earlier
+  step (a resumed run), it replays the draws from step 0 (host work only, no model).
+
+  Batch: "text_ids", "text_mask" [N, T] int32, "images" (the N rows' raw image side,
+  `Split.scorer_images`), "match" [N] int32 (1 = the caption fits its image; all 1 for a
+  contrastive scorer, whose caption i belongs to image i).
+  """
+
+  def __init__(self, split, words, encoder: TextEncoder, *, batch_size: int, seed: int,
+               contrastive: bool, negatives: dict[str, float], paired: bool):
+    self.split, self.encoder = split, encoder
+    self.sampler = PairSampler(split, words)
+    self.batch_size, self.seed, self.contrastive = batch_size, seed, contrastive
+    self.negatives, self.paired = negatives, paired
+    self._rng, self._next = np.random.default_rng(seed), 0
+
+  def _draw(self):
+    rng, n = self._rng, len(self.split)
+    if self.contrastive:  # Distinct images, each with one of its references.
+      images = rng.choice(n, size=self.batch_size, replace=False)
+      captions = [self.sampler.caption(int(j), "positive", rng)[0] for j in images]
+      match = np.ones((self.batch_size,), np.int32)
+    else:
+      images, captions, match, _ = self.sampler.sample(rng, self.batch_size, self.negatives,
+                                                       self.paired)
+    return images, captions, match
+
+  def __call__(self, step: int) -> dict:
+    if step < self._next:
+      self._rng, self._next = np.random.default_rng(self.seed), 0
+    while self._next < step:
+      self._draw()
+      self._next += 1
+    images, captions, match = self._draw()
+    self._next += 1
+    ids, mask = self.encoder(captions)
+    return {"text_ids": ids, "text_mask": mask, "images": self.split.scorer_images(images),
+            "match": match}

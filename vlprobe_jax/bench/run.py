@@ -1,16 +1,16 @@
 """Reward throughput: the compiled SCST step, its parts, and the reference PyTorch pipeline.
 
 `run(config)` (configs/bench_reward.py) builds a random-weight FC captioner and scorer at the
-configured sizes (`bench_setup`) and, for each batch size, times on all local devices (pmap):
+configured sizes (`bench/build.py`) and, for each batch size, times on all local devices (pmap):
   * "full step": `scst.make_p_scst_step` (greedy + K samples, re-tokenize, score, update) fed by
     `data.pipeline.BatchIterator` from host arrays, with the data wait per step against the
     step time;
   * "decode": greedy + K samples only; "reward": re-tokenize + score of the B * (K + 1)
     captions; "score": the scorer on ids already re-tokenized; "update" is derived
     (full - decode - reward); "image side": the scorer's caption-independent work per image;
-and XLA compile time of each. Then the reference pipeline (`bench_torch`) on the same batch,
+and XLA compile time of each. Then the reference pipeline (`bench/torch_reference.py`) on the same batch,
 the ratios, the difference of the scores between float32 and bfloat16 compute, and with
-`profile_dir` a profile summary (`profile_summary`); `bench_table` prints it all.
+`profile_dir` a profile summary (`bench/profile.py`); `bench/table.py` prints it all.
 Timings: `jax.block_until_ready`, warm-up excluded, median over `repeats` of
 `steps_per_repeat` back-to-back calls (dispatch overlapping compute, as in training).
 """
@@ -29,16 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorers import tokens
-from vlprobe_jax import bench_table
 from vlprobe_jax import checkpoints
 from vlprobe_jax import decoding
-from vlprobe_jax import profile_summary
+from vlprobe_jax import devices as devices_lib
 from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
-from vlprobe_jax import xe
-from vlprobe_jax.bench_setup import Setup, batch_sizes, build, raw_images
-from vlprobe_jax.data.pipeline import BatchIterator
+from vlprobe_jax.bench import profile as profile_summary
+from vlprobe_jax.bench import table as bench_table
+from vlprobe_jax.bench.build import Setup, batch_sizes, build, raw_images
+from vlprobe_jax.data import pipeline
 
 def _compile(fn, *args) -> tuple[Any, float]:
   start = time.perf_counter()
@@ -71,11 +71,11 @@ def _part(seconds: list[float], images: int, captions: int | None,
 
 def image_side(setup: Setup, raw: dict[str, np.ndarray], chunk: int, config):
   """The scorer's image inputs for every image of `raw` (host arrays) and their timing."""
-  module, scorer_config, params = setup.module, setup.scorer.config, setup.scorer.params
+  spec, scorer_config, params = setup.spec, setup.scorer.config, setup.scorer.params
   if setup.name == "clip":  # Cached embeddings: the vision tower is not part of the step.
     return dict(raw), None
-  fn = jax.jit(lambda p, images: module.image_inputs(p, scorer_config, images))
-  batches = list(training.host_batches(raw, chunk))
+  fn = jax.jit(lambda p, images: spec.image_inputs(p, scorer_config, images))
+  batches = list(pipeline.host_batches(raw, chunk))
   compiled, compile_s = _compile(fn, params, batches[0][1])
   outputs = []
   for real, images in batches:
@@ -113,18 +113,18 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]
   """
   k, devices = config.num_samples, setup.devices
   captions = num_images * (k + 1)
-  scorer, module = setup.scorer, setup.module
-  params = training.replicate(setup.cap_params, devices)
-  scorer_params = training.replicate(scorer.params, devices)
-  keys = jax.device_put(training.device_keys(jax.random.key(config.seed + 1), 0, len(devices)),
-                        training.device_sharding(devices))
+  scorer, spec = setup.scorer, setup.spec
+  params = devices_lib.replicate(setup.cap_params, devices)
+  scorer_params = devices_lib.replicate(scorer.params, devices)
+  keys = jax.device_put(devices_lib.device_keys(jax.random.key(config.seed + 1), 0, len(devices)),
+                        devices_lib.device_sharding(devices))
   decode = jax.pmap(functools.partial(_decode, cap_config=setup.cap_config, num_samples=k,
                                       max_length=config.max_length), devices=devices)
   reward = jax.pmap(lambda p, seqs, images: scorer.reward_fn(p, seqs, _caption_images(images, k)),
                     devices=devices)
   retok = jax.pmap(lambda seqs: tokens.retokenize(scorer.table, seqs, scorer.width),
                    devices=devices)
-  score = jax.pmap(lambda p, ids, mask, images: module.score(p, scorer.config, ids, mask, images),
+  score = jax.pmap(lambda p, ids, mask, images: spec.score(p, scorer.config, ids, mask, images),
                    devices=devices)
   fc, images = batch["fc_feats"], batch["image_inputs"]
   compile_s = {}
@@ -153,31 +153,28 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
                    in_step: bool) -> dict[str, Any]:
   """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements.
 
-  `pool` holds per image "fc_feats" and "image/<name>": the scorer's cached image inputs, or
+  `pool` holds per image "fc_feats" and "image_inputs": the scorer's cached image inputs, or
   with `in_step` its raw images, turned into inputs inside the step (the COCO setting).
   """
   devices, scorer, k = setup.devices, setup.scorer, config.num_samples
-  sharding = training.device_sharding(devices)
+  sharding = devices_lib.device_sharding(devices)
   p_step = scst.make_p_scst_step(setup.cap_config, scorer.reward_fn, k, config.baseline,
                                  config.max_length, devices=devices,
                                  image_inputs_fn=scorer.image_inputs_fn if in_step else None)
-  tx = xe.make_optimizer(config.lr, config.grad_clip)
-  state = training.replicate(xe.TrainState.create(apply_fn=None, params=setup.cap_params, tx=tx),
+  tx = training.make_optimizer(config.lr, config.grad_clip)
+  state = devices_lib.replicate(training.TrainState.create(apply_fn=None, params=setup.cap_params, tx=tx),
                              devices)
-  scorer_params = training.replicate(scorer.params, devices)
+  scorer_params = devices_lib.replicate(scorer.params, devices)
   steps = config.warmup + config.repeats * config.steps_per_repeat + config.profile_steps + 1
   rng = jax.random.key(config.seed + 2)
-  keys = [jax.device_put(training.device_keys(rng, s, len(devices)), sharding)
+  keys = [jax.device_put(devices_lib.device_keys(rng, s, len(devices)), sharding)
           for s in range(steps)]
-  iterator = BatchIterator(pool, num_images, seed=config.seed, devices=devices,
-                           prefetch=config.prefetch)
+  rows = pipeline.EpochRows(len(pool["fc_feats"]), num_images, seed=config.seed)
+  iterator = pipeline.BatchIterator(rows.source(pool), devices=devices, prefetch=config.prefetch)
   stream = iter(iterator)
 
   def next_batch():
-    flat = next(stream)
-    return {"fc_feats": flat["fc_feats"],
-            "image_inputs": {name[len("image/"):]: x for name, x in flat.items()
-                             if name.startswith("image/")}}
+    return next(stream)
 
   step_index = 0
 
@@ -222,7 +219,7 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
   step_s, wait_s = statistics.median(times), statistics.median(waits)
   data = {"wait_ms_per_step": 1e3 * wait_s, "step_ms": 1e3 * step_s,
           "wait_fraction": wait_s / step_s}
-  scalars = {key: float(value) for key, value in training.unreplicate(measurements).items()}
+  scalars = {key: float(value) for key, value in devices_lib.unreplicate(measurements).items()}
   return {"full": full, "data": data, "measurements": scalars, "profile": profile}
 
 
@@ -234,15 +231,15 @@ def dtype_check(setup: Setup, seqs: np.ndarray, raw: dict[str, np.ndarray],
     seqs: [N, T] captions, greedy of n images then their K samples (N = n * (K + 1)).
     raw: the n images' raw scorer inputs.
   """
-  module, params, table = setup.module, setup.scorer.params, setup.scorer.table
+  spec, params, table = setup.spec, setup.scorer.params, setup.scorer.table
   ids, mask = tokens.retokenize(table, jnp.asarray(seqs), setup.scorer.width)
   scores = {}
   for dtype in ("float32", "bfloat16"):
     cfg = dataclasses.replace(setup.scorer.config, dtype=dtype)
 
     def score(p, i, m, x, cfg=cfg):
-      images = x if setup.name == "clip" else module.image_inputs(p, cfg, x)
-      return module.score(p, cfg, i, m, _caption_images(images, num_samples))
+      images = x if setup.name == "clip" else spec.image_inputs(p, cfg, x)
+      return spec.score(p, cfg, i, m, _caption_images(images, num_samples))
 
     scores[dtype] = np.asarray(jax.jit(score)(params, ids, mask, raw), np.float64)
   full, half = scores["float32"], scores["bfloat16"]
@@ -261,7 +258,7 @@ def run_reference(setup: Setup, config, fc: np.ndarray, raw: dict[str, np.ndarra
   if not config.reference:
     return None, "reference=False"
   try:
-    from vlprobe_jax import bench_torch  # pylint: disable=g-import-not-at-top
+    from vlprobe_jax.bench import torch_reference as bench_torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     return None, f"torch is not importable ({error})"
   if setup.name not in bench_torch.REFERENCE_SCORERS:
@@ -305,7 +302,7 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
            "image_inputs": jax.tree_util.tree_map(lambda x: x[:num_images], images)}
   sharded = jax.tree_util.tree_map(
       lambda x: jax.device_put(x.reshape((len(setup.devices), -1) + x.shape[1:]),
-                               training.device_sharding(setup.devices)), first)
+                               devices_lib.device_sharding(setup.devices)), first)
   parts, seqs = time_parts(setup, config, sharded, num_images)
   if image_part is not None:
     parts["image_side"] = image_part
@@ -316,7 +313,7 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
     # feeding them as bfloat16 gives the same scores and halves the bytes the host moves. The
     # other region scorers read them in float32 (ViLBERT averages them), so they get float32.
     fed = dict(raw, region_feats=raw["region_feats"].astype(jnp.bfloat16))
-  pool = {"fc_feats": fc, **{f"image/{name}": x for name, x in fed.items()}}
+  pool = {"fc_feats": fc, "image_inputs": fed}
   full = time_full_step(setup, config, pool, num_images, in_step)
   parts["full"] = full["full"]
   subtracted = ("decode", "reward") + (("image_side",) if in_step else ())
@@ -372,6 +369,9 @@ def run(config) -> dict[str, Any]:
         f"{summary['vocab_size'] - 1} captioner words are several scorer tokens (max "
         f"{summary['max_pieces']})", flush=True)
   reference_sizes = set(batch_sizes(config.reference_images)) if config.reference_images else None
+  out_json = os.path.join(config.workdir, config.out_json) if config.out_json else ""
+  if out_json:
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
   for i, num_images in enumerate(batch_sizes(config.images_per_batch)):
     with_reference = reference_sizes is None or num_images in reference_sizes
     result = bench_batch(setup, config, num_images, check_dtype=i == 0,
@@ -379,9 +379,12 @@ def run(config) -> dict[str, Any]:
     summary["results"].append(result)
     print(bench_table.format_result(summary, result), flush=True)
     summary["seconds"] = time.perf_counter() - start
-    if config.out_json:  # After every batch size, so a run cut short keeps what it measured.
-      os.makedirs(os.path.dirname(os.path.abspath(config.out_json)), exist_ok=True)
-      checkpoints.write_json_atomic(config.out_json, summary)
-  if config.out_json:
-    print(f"[bench] summary written to {config.out_json}", flush=True)
+    if out_json:  # After every batch size, so a run cut short keeps what it measured.
+      checkpoints.write_json_atomic(out_json, summary)
+  if out_json:
+    print(f"[bench] summary written to {out_json}", flush=True)
+  summary["summary_path"] = out_json or None
+  summary["headline"] = ", ".join(
+      f"{r['images_per_batch']} images: {r['jax']['parts']['full']['captions_per_s']:,.0f} "
+      "captions/s" for r in summary["results"])
   return summary

@@ -7,7 +7,7 @@ profile summary when one was taken.
 
 from __future__ import annotations
 
-from vlprobe_jax import profile_summary
+from vlprobe_jax.bench import profile as profile_summary
 
 
 _ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),

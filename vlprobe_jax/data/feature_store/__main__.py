@@ -116,3 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size, **common)
   print(f"{store.path}: {store.kind} store with {len(store):,} images.")
   return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

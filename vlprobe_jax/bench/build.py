@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import scorers
-from scorers import pretrain
 from scorers import tokens
 from vlprobe_jax import captioner as captioner_lib
+from vlprobe_jax import scorer_pretrain
 from vlprobe_jax import scoring
 
 NUM_REGIONS = 36
@@ -80,7 +80,7 @@ def resolve_dtype(dtype: str, platform: str) -> str:
 class Setup:
   """Everything the timings share: the models at their sizes and the host image pool."""
   name: str
-  module: Any
+  spec: scorers.Scorer
   scorer: scoring.LoadedScorer  # in the benchmark's compute dtype
   cap_config: captioner_lib.CaptionerConfig
   cap_params: Any
@@ -115,14 +115,14 @@ def random_params(init_fn, config, seed: int):
 def build(config, devices) -> Setup:
   """Random-weight captioner and scorer at the configured sizes."""
   platform = devices[0].platform
-  module = scorers.get(config.scorer)
+  spec = scorers.get(config.scorer)
   if config.scorer_checkpoint:  # Real weights make the bf16 check meaningful; speed is the same.
-    base, scorer_params = module.load(config.scorer_checkpoint)
+    base, scorer_params = spec.load(config.scorer_checkpoint)
   else:
     # Tiny: the test sizes with the real tokenizer's vocabulary (the ids it gives must embed).
-    base = (pretrain.world_config(module) if config.scorer_size == "tiny"
-            else module.default_config())
-    scorer_params = random_params(lambda rng: module.init_params(base, rng), base, config.seed)
+    base = (scorer_pretrain.world_config(spec) if config.scorer_size == "tiny"
+            else spec.default_config())
+    scorer_params = random_params(lambda rng: spec.init_params(base, rng), base, config.seed)
   scorer_config = dataclasses.replace(base, dtype=resolve_dtype(config.dtype, platform))
   words = benchmark_words(config.vocab_words, config.multi_piece_fraction, config.seed)
   cap = config.captioner
@@ -131,10 +131,10 @@ def build(config, devices) -> Setup:
       rnn_size=cap.rnn_size, dropout=cap.dropout, dtype=cap.dtype)
   cap_params = random_params(lambda rng: captioner_lib.init_params(cap_config, rng), cap_config,
                              config.seed + 1)
-  scorer = scoring.LoadedScorer(config.scorer, module, scorer_config, scorer_params, words,
+  scorer = scoring.LoadedScorer(config.scorer, spec, scorer_config, scorer_params, words,
                                 config.max_length,
                                 source=config.scorer_checkpoint or "random init")
-  return Setup(config.scorer, module, scorer, cap_config, cap_params, devices)
+  return Setup(config.scorer, spec, scorer, cap_config, cap_params, devices)
 
 
 def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
