@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vlprobe_jax import captioner
 
@@ -68,3 +69,64 @@ def test_output_dropout_only_in_training():
   kept = dropped > 0
   assert 0.4 < float(kept.mean()) < 0.6
   np.testing.assert_allclose(dropped[kept], 2.0)
+
+
+# Kolmogorov-Smirnov critical value at the 0.1% level: D < 1.95 / sqrt(n). Means and spreads must
+# lie within 5 standard errors. The draws are seeded, so these tests are deterministic; the bands
+# say how far a correct initialiser can stray by chance.
+_KS = 1.95
+_SE = 5.0
+
+
+def _ks_distance(sorted_x, cdf):
+  """sup |empirical CDF - cdf| for sorted samples."""
+  n = sorted_x.size
+  f = np.asarray(cdf(sorted_x), np.float64)
+  return max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n))
+
+
+def _check_uniform(x, bound, what):
+  """x is a sample of U(-bound, bound): support, mean, variance bound^2/3, KS distance."""
+  x = np.sort(np.asarray(x, np.float64).ravel())
+  n = x.size
+  assert x[0] >= -bound and x[-1] <= bound, f"{what}: outside +-{bound:.4g}: [{x[0]}, {x[-1]}]"
+  var = bound**2 / 3
+  assert abs(x.mean()) < _SE * np.sqrt(var / n), f"{what}: mean {x.mean():.3g}"
+  # The sample variance of U(-b, b) has standard error b^2 sqrt(4 / (45 n)).
+  assert abs(x.var() - var) < _SE * bound**2 * np.sqrt(4 / (45 * n)), (
+      f"{what}: variance {x.var():.4g}, expected {var:.4g}")
+  d = _ks_distance(x, lambda v: (v + bound) / (2 * bound))
+  assert d < _KS / np.sqrt(n), f"{what}: KS distance to U(-b, b) {d:.3g}"
+
+
+@pytest.mark.parametrize("config", [
+    captioner.CaptionerConfig(),  # the paper's sizes
+    # Every fan-in different, so that each Linear is seen to use its own.
+    captioner.CaptionerConfig(vocab_size=1000, fc_dim=300, embed_size=40, rnn_size=24),
+], ids=["paper", "distinct_fan_ins"])
+def test_init_is_pytorch_default(config):
+  """NewFCModel (self-critical.pytorch@4c48a33 AttModel.py L907-909, L89; FCModel.py L21-22) has
+  no init_weights, so every Linear keeps torch's nn.Linear.reset_parameters (torch 2.x
+  torch/nn/modules/linear.py: weight kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), bias
+  U(+-1/sqrt(fan_in))), and the embedding nn.Embedding.reset_parameters (sparse.py: N(0, 1)).
+  Flax's defaults fail each check: embedding std 1/sqrt(embed_size), lecun-normal kernels
+  (std 1/sqrt(fan_in), past the bound), zero biases.
+  """
+  params = jax.jit(lambda rng: captioner.init_params(config, rng))(jax.random.key(0))
+  fan_ins = {
+      "fc_embed": (params["fc_embed"], config.fc_dim),
+      "i2h": (params["core"]["i2h"], config.embed_size),
+      "h2h": (params["core"]["h2h"], config.rnn_size),
+      "logit": (params["logit"], config.rnn_size),
+  }
+  for name, (linear, fan_in) in fan_ins.items():
+    for kind in ("kernel", "bias"):
+      _check_uniform(linear[kind], 1 / np.sqrt(fan_in), f"{name}/{kind}")
+
+  x = np.asarray(params["embed"]["embedding"], np.float64).ravel()
+  n = x.size
+  assert abs(x.mean()) < _SE / np.sqrt(n), f"embedding mean {x.mean():.3g}"
+  # The standard deviation of n normal draws has standard error about 1 / sqrt(2n).
+  assert abs(x.std() - 1.0) < _SE / np.sqrt(2 * n), f"embedding std {x.std():.4g}, expected 1"
+  d = _ks_distance(np.sort(x), jax.scipy.stats.norm.cdf)
+  assert d < _KS / np.sqrt(n), f"embedding: KS distance to N(0, 1) {d:.3g}"

@@ -11,17 +11,40 @@ h = o*tanh(c). Only the output is dropped out; the state keeps the undropped h.
 
 Dropout is applied by `output_dropout` with an explicit key per time step, so that a sampling
 pass and a teacher-forced pass over the same sequence can share the same masks.
+
+Initialisation is PyTorch's default, which NewFCModel keeps (it has no `init_weights`): the
+embedding N(0, 1) (`nn.Embedding.reset_parameters`), and every Linear's weight and bias uniform
+in +-1/sqrt(fan_in) (`nn.Linear.reset_parameters`: kaiming_uniform with a = sqrt(5), and the bias
+bound). Flax's defaults differ (embedding std 1/sqrt(512) = 0.044, lecun-normal kernels about
+1.7x wider, zero biases), so XE from scratch would start from another distribution.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 State = tuple[jax.Array, jax.Array]  # (h, c), each [batch, rnn_size]
+
+
+def _uniform(bound: float) -> jax.nn.initializers.Initializer:
+  """Uniform in [-bound, bound), the law of torch.nn.init.uniform_."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _torch_linear(features: int, fan_in: int, dtype: jnp.dtype, name: str | None = None) -> nn.Dense:
+  """nn.Dense initialised as PyTorch's nn.Linear(fan_in, features): kernel and bias both uniform
+  in +-1/sqrt(fan_in). The kernel is [fan_in, features], the transpose of PyTorch's weight."""
+  init = _uniform(1.0 / math.sqrt(fan_in))
+  return nn.Dense(features, dtype=dtype, kernel_init=init, bias_init=init, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +68,8 @@ class LSTMCore(nn.Module):
     """x: [batch, input] -> new (h, c), each [batch, rnn_size]."""
     h, c = state
     size = self.rnn_size
-    sums = (nn.Dense(5 * size, dtype=self.dtype, name="i2h")(x)
-            + nn.Dense(5 * size, dtype=self.dtype, name="h2h")(h))
+    sums = (_torch_linear(5 * size, x.shape[-1], self.dtype, name="i2h")(x)
+            + _torch_linear(5 * size, size, self.dtype, name="h2h")(h))
     gates = jax.nn.sigmoid(sums[:, :3 * size])
     in_gate, forget_gate, out_gate = jnp.split(gates, 3, axis=-1)
     cell_input = jnp.maximum(sums[:, 3 * size:4 * size], sums[:, 4 * size:])
@@ -62,10 +85,11 @@ class FCCaptioner(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    self.fc_embed = nn.Dense(cfg.embed_size, dtype=dtype)
-    self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, dtype=dtype)
+    self.fc_embed = _torch_linear(cfg.embed_size, cfg.fc_dim, dtype)
+    self.embed = nn.Embed(cfg.vocab_size, cfg.embed_size, dtype=dtype,
+                          embedding_init=nn.initializers.normal(stddev=1.0))
     self.core = LSTMCore(cfg.rnn_size, dtype=dtype)
-    self.logit = nn.Dense(cfg.vocab_size, dtype=dtype)
+    self.logit = _torch_linear(cfg.vocab_size, cfg.rnn_size, dtype)
 
   def init_state(self, fc_feats: jax.Array) -> State:
     """fc_feats: [batch, fc_dim] -> the state after the image step ("step -1")."""
@@ -99,7 +123,7 @@ def output_dropout(h: jax.Array, rate: float, rng: jax.Array | None) -> jax.Arra
 
 
 def init_params(config: CaptionerConfig, rng: jax.Array) -> dict:
-  """Random parameters (Flax defaults, as NewFCModel keeps PyTorch's defaults)."""
+  """Random parameters drawn as PyTorch's defaults draw NewFCModel's (see the module docstring)."""
   model = FCCaptioner(config)
   fc = jnp.zeros((1, config.fc_dim), jnp.float32)
   return model.init(rng, fc, jnp.zeros((1,), jnp.int32))["params"]

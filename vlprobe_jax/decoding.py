@@ -5,9 +5,10 @@ Every decoder takes a `step_fn(tokens, state, t) -> (logprobs, state)`: tokens [
 index t (for per-step dropout keys), returning [batch, vocab] float32 log-probs. The captioner
 provides one (`captioner_step_fn`); tests pass toy functions whose outputs are known.
 
-Conventions of self-critical.pytorch: id 0 is BOS, EOS and PAD; once a row has emitted 0 every
-later token is forced to 0 and its log-prob to 0; the sampled token's log-prob is taken from the
-untempered distribution. There is no early exit: the scan always runs `max_length` steps, which
+Conventions of self-critical.pytorch: id 0 is BOS, EOS and PAD; once a greedy or sampled row has
+emitted 0 every later token is forced to 0 and its log-prob to 0; the sampled token's log-prob is
+taken from the untempered distribution; beam search sets a beam aside when it ends, as the
+original's `done_beams`. There is no early exit: the scan always runs `max_length` steps, which
 is what keeps decoding on the device with no host round trip.
 """
 
@@ -22,6 +23,10 @@ import jax.numpy as jnp
 from vlprobe_jax import captioner as captioner_lib
 
 StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+# What self-critical.pytorch takes off an ended beam's slot (CaptionModel.py, beam_search:
+# `beam_logprobs_sum_table[divm][b, is_end] -= 1000`).
+ENDED_PENALTY = 1000.0
 
 
 def _decode(step_fn: StepFn, state: Any, batch: int, max_length: int,
@@ -65,7 +70,15 @@ def sample(step_fn: StepFn, state: Any, batch: int, max_length: int, rng: jax.Ar
 
 def beam_search(step_fn: StepFn, state: Any, batch: int, max_length: int, beam_size: int,
                 suppress_token: int | None = None):
-  """Beam search by total log-prob; returns the best beam per row.
+  """Beam search of self-critical.pytorch (`CaptionModel.beam_search`); the best ended beam per row.
+
+  The original's settings for plain beam search: group_size 1 (no diversity term), no length
+  penalty (score = total log-prob, the EOS's included), remove_bad_endings and
+  decoding_constraint off. As there, a beam that emits EOS (0) is set aside for good (its
+  `done_beams`) and its slot's score is lowered by `ENDED_PENALTY`, so live candidates take the
+  slot; at the last step every beam is set aside, ended or not. The answer is the set-aside beam
+  of highest score, the earliest on a tie (Python's stable sort there). Only that best one is kept
+  here, so the scan's carry has a fixed shape.
 
   Args:
     step_fn, state, batch, max_length: as for `greedy`; `state` is for `batch` rows and is
@@ -74,43 +87,50 @@ def beam_search(step_fn: StepFn, state: Any, batch: int, max_length: int, beam_s
     suppress_token: a token id never chosen (self-critical suppresses UNK in beam search).
 
   Returns:
-    (seq [batch, max_length] int32, score [batch]) of the best beam.
+    (seq [batch, max_length] int32, score [batch]) of the best beam; seq is 0 after the step
+    at which it ended.
   """
   vocab_fill = -1e9  # instead of -inf, so that sums never make NaNs
+  rows = jnp.arange(batch)
 
   def repeat(x):
     return jnp.repeat(x, beam_size, axis=0)
 
   def body(carry, t):
-    tokens, state, scores, finished, seqs = carry
+    tokens, state, scores, seqs, best_seq, best_score = carry
+    # An ended slot is fed its EOS and goes on like any other, at its penalised score.
     logprobs, state = step_fn(tokens, state, t)
     vocab = logprobs.shape[-1]
     if suppress_token is not None:
       logprobs = logprobs.at[:, suppress_token].set(vocab_fill)
-    # A finished beam may only continue with 0 at no cost, so it keeps its score once.
-    finished_row = jnp.full((vocab,), vocab_fill).at[0].set(0.0)
-    logprobs = jnp.where(finished[:, None], finished_row[None, :], logprobs)
     total = (scores[:, None] + logprobs).reshape(batch, beam_size * vocab)
     top_scores, top_index = jax.lax.top_k(total, beam_size)
-    parent = top_index // vocab + (jnp.arange(batch) * beam_size)[:, None]
+    parent = top_index // vocab + (rows * beam_size)[:, None]
     parent = parent.reshape(-1)
     new_tokens = (top_index % vocab).reshape(-1).astype(jnp.int32)
     state = jax.tree_util.tree_map(lambda x: x[parent], state)
+    # Columns after t are still 0 in every row, so a beam set aside now reads as padded.
     seqs = seqs[parent].at[:, t].set(new_tokens)
-    finished = finished[parent] | (new_tokens == 0)
-    return (new_tokens, state, top_scores.reshape(-1), finished, seqs), None
+
+    ended = (new_tokens.reshape(batch, beam_size) == 0) | (t == max_length - 1)
+    ended_scores = jnp.where(ended, top_scores, -jnp.inf)
+    pick = jnp.argmax(ended_scores, axis=-1)  # the first of equals: top_k ranks them
+    pick_score = ended_scores[rows, pick]
+    better = pick_score > best_score  # strict, so an earlier beam wins a tie
+    pick_seq = seqs.reshape(batch, beam_size, max_length)[rows, pick]
+    best_seq = jnp.where(better[:, None], pick_seq, best_seq)
+    best_score = jnp.where(better, pick_score, best_score)
+    scores = jnp.where(ended, top_scores - ENDED_PENALTY, top_scores).reshape(-1)
+    return (new_tokens, state, scores, seqs, best_seq, best_score), None
 
   state = jax.tree_util.tree_map(repeat, state)
   # Only beam 0 is live at the start, so the first step does not pick the same token k times.
   scores = jnp.tile(jnp.array([0.0] + [vocab_fill] * (beam_size - 1)), batch)
   init = (jnp.zeros((batch * beam_size,), jnp.int32), state, scores,
-          jnp.zeros((batch * beam_size,), bool),
-          jnp.zeros((batch * beam_size, max_length), jnp.int32))
-  (_, _, scores, _, seqs), _ = jax.lax.scan(body, init, jnp.arange(max_length))
-  scores = scores.reshape(batch, beam_size)
-  best = jnp.argmax(scores, axis=-1)
-  seqs = seqs.reshape(batch, beam_size, max_length)
-  return seqs[jnp.arange(batch), best], scores[jnp.arange(batch), best]
+          jnp.zeros((batch * beam_size, max_length), jnp.int32),
+          jnp.zeros((batch, max_length), jnp.int32), jnp.full((batch,), -jnp.inf))
+  (_, _, _, _, best_seq, best_score), _ = jax.lax.scan(body, init, jnp.arange(max_length))
+  return best_seq, best_score
 
 
 def captioner_step_fn(config: captioner_lib.CaptionerConfig, params: Any,
