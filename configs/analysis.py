@@ -1,20 +1,38 @@
 r"""The paper's analysis (Tables 2, 4, 5, 7; Figures 2, 3, 4) of finished runs.
 
 Command:
-  python launch.py --config=configs/analysis.py:runs=workdirs/scst_lxmert,workdirs/scst_clip
-  python launch.py --config=configs/analysis.py:captions=other_system.json,out_dir=/tmp/ana
-  python launch.py --config=configs/analysis.py:runs=workdirs/scst_clip,no_meteor,no_probes
+  python launch.py --config=configs/analysis.py:runs=workdir/scst_lxmert,workdir/scst_clip
+  python launch.py --config=configs/analysis.py:captions=other_system.json,out_dir=/tmp/ana,\
+      references=dataset_coco.json,lm_corpus=dataset_coco.json
+  python launch.py --config=configs/analysis.py:runs=workdir/scst_clip,no_meteor,no_probes
 
 Args (comma-separated; a bare path after `runs=` or `captions=` adds another one):
   runs=<dir>[,<dir>...]     launch.py workdirs (their xe/ and scst/ eval captions);
   captions=<file>[,...]     plain caption files ([{"image_id", "caption"}]) of other systems;
-  out_dir=<dir>             default: <first workdir>/analysis;
+  out_dir=<dir>             default: <first workdir, or the captions file's folder>/analysis;
+  references=<file>         a Karpathy json (its references_split images) or a COCO captions
+                            json (captions_val2014.json): the references (default: the runs'
+                            dataset; none for captions files alone: no metrics, no probes);
+  references_split=<name>   the Karpathy split of the references (default test);
+  lm_corpus=<file>          the language model's training text: a Karpathy json (its train and
+                            restval captions), a COCO captions json or a text file, one caption
+                            a line (default: the runs' dataset; none for captions files alone:
+                            perplexity skipped with a note);
+  bad_captions=refuse|skip  a null or empty caption stops the analysis naming its image id
+                            (refuse, default) or is left out and listed in analysis.json (skip);
+  tokenizer=auto|ptb|lower  how captions from files are tokenized (analysis/text.py; auto: PTB
+                            through Java when present, else a Java-free approximation);
+  java_timeout_s=<float>    the longest one Java call (PTB, METEOR, SPICE) may take (300);
   spice_dir=<dir>           folder with the two Stanford CoreNLP 3.6.0 jars (else no SPICE);
   seed=<int>                the probes' random seed (default 0);
-  no_meteor, no_probes      skip METEOR (its Java start takes ~10-40 s) / the section 5 probes.
+  no_meteor, no_probes      skip METEOR (its Java start takes ~10-40 s) / the section 5 probes;
+  synthetic_world           analyse captions files (no runs=) against the default synthetic
+                            world's data and scorers, generating it if needed (never otherwise).
 
-Produces, in out_dir: report.md (every table, markdown), analysis.json (all numbers),
-unigrams.png, probe_replacement.png, probe_visual_words.png.
+Produces, in out_dir and nowhere else: report.md (every table with its coverage and legend),
+analysis.json (all numbers, the captions left out and those without references),
+unigrams.png, probe_replacement.png, probe_visual_words.png; prints the report's path and a
+one-line summary.
 
 Takes: on COCO's 5,000 test images with 6 runs and 5 scorers, on CPU, about 3-5 min outside
 the scorers: the language model of the 566k training captions (~30 s), spaCy tagging (~4 s per
@@ -22,9 +40,10 @@ the scorers: the language model of the 566k training captions (~30 s), spaCy tag
 ~10 s per run when a run has no metrics.json); the probes score about 11 x 5,000 captions per
 scorer (that part is the scorers' speed). The synthetic world takes seconds.
 
-The launcher builds the `Corpus` (training captions, test references) from the runs' data config
-and the score functions from the scorers in `scorers` (all registered scorers the runs used when
-empty), then calls `analysis.report.run_from_config(config, corpus, score_fns)`.
+The launcher builds the `Corpus` with `analysis.corpus.corpus_from_config(config, fallback)`
+(files named by references=/lm_corpus=, else the runs' dataset) and the score functions from the
+scorers in `scorers` (all registered scorers the runs used when empty), then calls
+`analysis.report.run_from_config(config, corpus, score_fns)`, which returns a short summary.
 """
 
 from __future__ import annotations
@@ -34,7 +53,8 @@ from ml_collections import config_dict
 
 _LISTS = ("runs", "captions", "scorers")
 _FLAGS = {"no_meteor": ("include_meteor", False), "no_probes": ("probes.enabled", False),
-          "ptb": ("ptb_tokenize", True), "recompute_metrics": ("recompute_metrics", True)}
+          "ptb": ("ptb_tokenize", True), "recompute_metrics": ("recompute_metrics", True),
+          "synthetic_world": ("synthetic_world", True)}
 
 
 def parse_arg(arg: str | None) -> dict:
@@ -69,6 +89,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Names of the scorers to build score functions for; empty: the ones the runs were scored by.
   config.scorers = tuple(args["scorers"])
   config.out_dir = args.get("out_dir") or config_dict.placeholder(str)
+  # Text from files (analysis/corpus.py); None: from the runs' dataset, or none at all.
+  config.references = args.get("references") or config_dict.placeholder(str)
+  config.references_split = args.get("references_split", "test")
+  config.lm_corpus = args.get("lm_corpus") or config_dict.placeholder(str)
+  config.lm_splits = ("train", "restval")  # the Karpathy splits the LM is trained on
+  config.bad_captions = args.get("bad_captions", "refuse")  # or "skip" (analysis/text.py)
+  config.tokenizer = args.get("tokenizer", "auto")  # "ptb", "lower" or "auto"
+  config.java_timeout_s = float(args.get("java_timeout_s", 300.0))
+  config.synthetic_world = False  # captions files alone: never build the synthetic world
   config.spice_dir = args.get("spice_dir") or config_dict.placeholder(str)
   config.seed = int(args.get("seed", 0))
   config.reference = "XE"  # the Table 2 row others are compared with

@@ -78,13 +78,21 @@ def _run_config(workdir: str) -> ml_collections.ConfigDict:
 def run_standalone(acfg) -> dict:
   """`launch.py --config=configs/analysis.py:...`: data, scorers and corpus from the workdirs.
 
-  The data (test references, training captions) is the first workdir's; each scorer is the one
-  cached in the first workdir that has it (`<workdir>/scorers/<name>`), or its configured
-  checkpoint. Captions files alone are analysed against the default synthetic world.
+  The data (test references, training captions) is the first workdir's, unless references= or
+  lm_corpus= name files; each scorer is the one cached in the first workdir that has it
+  (`<workdir>/scorers/<name>`), or its configured checkpoint. Captions files alone are analysed
+  against the files references=/lm_corpus= name, without scorers; the synthetic world only when
+  asked (synthetic_world). Returns the short summary of `analysis.report.summarize`.
   """
+  from analysis import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from analysis import report  # pylint: disable=g-import-not-at-top
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
+  if not acfg.runs and not acfg.get("synthetic_world"):
+    summary = report.run_from_config(acfg, corpus_lib.corpus_from_config(acfg), {})
+    print(f"[analysis] report: {summary['report']}\n[analysis] {report.summary_line(summary)}",
+          flush=True)
+    return summary
   if acfg.runs:
     base_dir = acfg.runs[0]
     run_config = _run_config(base_dir)
@@ -104,5 +112,8 @@ def run_standalone(acfg) -> dict:
                 base_dir)
     config = _run_config(home) if os.path.exists(os.path.join(home, "config.json")) else run_config
     loaded.update(scoring.load_scorers(config, [name], dataset, home))
-  corpus = runs_lib.Corpus.from_dataset(dataset)
-  return report.run_from_config(acfg, corpus, score_fns_for(loaded, dataset["test"]))
+  corpus = corpus_lib.corpus_from_config(acfg, fallback=runs_lib.Corpus.from_dataset(dataset))
+  summary = report.run_from_config(acfg, corpus, score_fns_for(loaded, dataset["test"]))
+  print(f"[analysis] report: {summary['report']}\n[analysis] {report.summary_line(summary)}",
+        flush=True)
+  return summary
