@@ -38,7 +38,9 @@ Takes: on COCO's 5,000 test images with 6 runs and 5 scorers, on CPU, about 3-5 
 the scorers: the language model of the 566k training captions (~30 s), spaCy tagging (~4 s per
 5,000 captions; the 25,000 references once for the probes, ~20 s), METEOR (~10-40 s start plus
 ~10 s per run when a run has no metrics.json); the probes score about 11 x 5,000 captions per
-scorer (that part is the scorers' speed). The synthetic world takes seconds.
+scorer (that part is the scorers' speed). Captions read from files are PTB-tokenized first
+(~2 s per 25,000 captions: ~45 s for a Karpathy json's 566k training captions as lm_corpus).
+The synthetic world takes seconds.
 
 The launcher builds the `Corpus` with `analysis.corpus.corpus_from_config(config, fallback)`
 (files named by references=/lm_corpus=, else the runs' dataset) and the score functions from the
