@@ -306,3 +306,22 @@ def test_meteor_on_real_captions_with_newlines():
   # Its __del__ would close our process: give it a stand-in.
   theirs.meteor_p = types.SimpleNamespace(stdin=types.SimpleNamespace(close=lambda: None),
                                           kill=lambda: None, wait=lambda: None)
+
+
+def test_standalone_captions_run_prints_its_report_and_builds_no_world(world, tmp_path,
+                                                                         monkeypatch, capsys):
+  """The launcher's glue (vlprobe_jax/reporting.py, to be re-homed): captions files alone never
+  generate the synthetic world, everything lands in out_dir, the return value is short."""
+  from vlprobe_jax import reporting  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  out_dir = tmp_path / "analysis_out"
+  config = analysis_config.get_config(
+      f"captions={world['files']['fakecap']},references={world['karpathy']},"
+      f"lm_corpus={world['karpathy']},out_dir={out_dir},tokenizer=lower,no_meteor")
+  summary = reporting.run_standalone(config)
+  assert os.listdir(tmp_path) == ["analysis_out"]  # no workdir/, no synthetic world
+  assert set(os.listdir(out_dir)) == {"report.md", "analysis.json", "unigrams.png"}
+  printed = capsys.readouterr().out.splitlines()
+  assert f"[analysis] report: {out_dir / 'report.md'}" in printed
+  assert f"[analysis] {report.summary_line(summary)}" in printed
+  assert len(json.dumps(summary)) < 1000 and summary["runs"]["fakecap"]["PPL"] > 0
