@@ -9,6 +9,7 @@ reads them; no synthetic world is involved. The scorers are fakes with known pre
 
 import json
 import os
+import re
 import shutil
 import types
 
@@ -198,9 +199,12 @@ def test_report_defines_every_label_it_uses(world):
   assert "| CE |" not in md and "| fakecap | fakecap captions |" not in md
   table5 = md[md.index("## Prefixes and sentence patterns"):md.index("## Top unigrams")]
   rows, legend = table5.split("Legend.", 1)
-  for symbol in report.markdown.SYMBOLS:
-    if f"`{symbol}" in rows or f"+{symbol}" in rows or f"({symbol}" in rows:
-      assert f"`{symbol}`:" in legend, symbol
+  per_run = md[md.index("## Per run"):]
+  used = {s for value in re.findall(r"`([^`]+)`", rows + per_run)
+          for s in re.findall(r"[A-Z][A-Z.]+", value)}
+  assert {"NOUN.P", "REL"} <= used
+  for symbol in used | {"Prefix"}:
+    assert f"`{symbol}`:" in legend, symbol
   assert "Its prefix is its leading noun phrases plus the run of other tokens" in legend
   table7 = md[md.index("### Template reconstructions"):md.index("### Score vs number")]
   assert "Row `default`: the template `a+NOUN+(and+a+NOUN)*`" in table7
