@@ -1,18 +1,26 @@
 """Section 5 of the paper: captions built to test what a scorer rewards, and their scores.
 
-Three probes, each run against every scorer function `(captions, image_ids) -> [N] scores`:
+A visual word is a token spaCy tags NOUN or PROPN, except position words ("front" in "in front
+of", "top", "right": `analysis.pos.POSITION_WORDS`) and the captioner's UNK: they show nothing
+of the image (see `analysis.pos` for the rule). Three probes, each run against every scorer
+function `(captions, image_ids) -> [N] scores`:
 
-* `replacement_probe` (Figure 2): the XE captions as they are; with every visual word (a token
-  tagged NOUN/PROPN) replaced by a wrong noun (drawn from `noun_pool`, never a word of that
-  image's references nor one of the caption's own nouns); and with every other word replaced
-  by a random word (drawn from `word_pool`, never a word of that image's references), visual
-  words kept. Captions without nouns are left out of all three.
-* `template_probe` (Table 7): the visual words of each XE caption (its nouns, in order, each
-  once) poured into the scorer's template from the paper, e.g. UNITER `a+NOUN+of+the+(NOUN)*`.
-  Every template is also scored by every scorer (the `matrix`).
-* `visual_words_probe` (Figure 3): per image, the nouns of its references (most mentioned
-  first); the first k of them, k = 3..7, poured into each scorer's template. Only images with
-  at least max(k) such nouns are used, the same images for every k.
+* `replacement_probe` (Figure 2): the XE captions as they are; with every visual word replaced
+  by a wrong noun (drawn from `noun_pool`, never a word of that image's references nor one of
+  the caption's own nouns); and with every other word replaced by a random word (drawn from
+  `word_pool`, never a word of that image's references), visual words kept. Captions without
+  visual words are left out of all three.
+* `template_probe` (Table 7): the visual words of each XE caption (in order, each once) poured
+  into the scorer's template from the paper, e.g. UNITER `a+NOUN+of+the+(NOUN)*`. Every
+  template is also scored by every scorer (the `matrix`).
+* `visual_words_probe` (Figure 3): per image, the visual words of its references (most
+  mentioned first); the first k of them, k = 3..7, poured into each scorer's template. These are
+  generated captions ("a box of a red of a snow ..."), one per image and k; only images with at
+  least max(k) such words are used, the same images for every k. For scale, each image's first
+  reference caption is scored too.
+
+Every probe reports, per scorer and kind of caption, the mean, the standard deviation and the
+number of captions scored.
 
 Random choices come from `numpy.random.default_rng(seed)`, walking images in sorted id order,
 so results depend only on the inputs and the seed.
@@ -26,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from analysis.pos import NOUN_TAGS, TaggedCaption, tag_captions
+from analysis.pos import NOUN_TAGS, POSITION_WORDS, TaggedCaption, tag_captions
 
 ScoreFn = Callable[[list[str], list[int]], np.ndarray]
 SLOT = "NOUN"
@@ -77,9 +85,21 @@ TEMPLATES = {
 DEFAULT_TEMPLATE = Template(("a", SLOT), ("and", "a", SLOT))
 
 
+def is_visual(word: str, pos: str) -> bool:
+  """A noun that names something seen: not a position word, not the captioner's UNK."""
+  return pos in NOUN_TAGS and word != CAPTIONER_UNK and word not in POSITION_WORDS
+
+
 def visual_words(tagged: TaggedCaption) -> list[str]:
-  """The caption's nouns, without the captioner's UNK (an unknown word is no visual word)."""
-  return [n for n in tagged.nouns() if n != CAPTIONER_UNK]
+  """The caption's visual words, in order (see the module docstring)."""
+  return [w for w, p in zip(tagged.words, tagged.pos) if is_visual(w, p)]
+
+
+def _stats(values: np.ndarray) -> dict:
+  """{"mean", "std", "n"} of scores (NaN mean and std when there are none)."""
+  if len(values) == 0:
+    return {"mean": float("nan"), "std": float("nan"), "n": 0}
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": int(len(values))}
 
 
 def template_for(scorer: str) -> Template:
@@ -131,7 +151,8 @@ def replacement_probe(captions: Mapping[int, str], references: Mapping[int, Sequ
     seed: the random seed.
 
   Returns:
-    {"num_captions": n, "scores": {scorer: {"original", "replace_nouns", "replace_others"}},
+    {"num_captions": n, "scores": {scorer: {"original", "replace_nouns", "replace_others"}}
+     (means), "spread": {scorer: {kind: {"mean", "std", "n"}}},
      "examples": [{"image_id", "original", "replace_nouns", "replace_others"}] (first 5)}.
   """
   ids = sorted(captions)
@@ -142,7 +163,7 @@ def replacement_probe(captions: Mapping[int, str], references: Mapping[int, Sequ
   kept, original, swapped_nouns, swapped_others = [], [], [], []
   for i in ids:
     t = tagged[i]
-    is_noun = [p in NOUN_TAGS for p in t.pos]
+    is_noun = [is_visual(w, p) for w, p in zip(t.words, t.pos)]
     if not any(is_noun):
       continue
     banned = _reference_words(references, i) | set(t.nouns())
@@ -154,14 +175,15 @@ def replacement_probe(captions: Mapping[int, str], references: Mapping[int, Sequ
     original.append(" ".join(t.words))
     swapped_nouns.append(" ".join(new_nouns))
     swapped_others.append(" ".join(new_others))
-  scores = {}
+  scores, spread = {}, {}
   for name, fn in score_fns.items():
-    scores[name] = {kind: float(np.mean(score_all(fn, texts, kept))) if kept else float("nan")
+    spread[name] = {kind: _stats(score_all(fn, texts, kept))
                     for kind, texts in (("original", original), ("replace_nouns", swapped_nouns),
                                         ("replace_others", swapped_others))}
+    scores[name] = {kind: s["mean"] for kind, s in spread[name].items()}
   examples = [{"image_id": i, "original": a, "replace_nouns": b, "replace_others": c}
               for i, a, b, c in list(zip(kept, original, swapped_nouns, swapped_others))[:5]]
-  return {"num_captions": len(kept), "scores": scores, "examples": examples}
+  return {"num_captions": len(kept), "scores": scores, "spread": spread, "examples": examples}
 
 
 def _unique(words: Sequence[str]) -> list[str]:
@@ -174,7 +196,8 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
 
   Returns:
     {"num_captions": n,
-     "table": {scorer: {"template": str, "ce": mean, "recons": mean}},
+     "table": {scorer: {"template": str, "original": mean of the captions as they are,
+               "recons": mean of their reconstructions, "original_std", "recons_std"}},
      "matrix": {template owner: {scorer: mean}},  (every template under every scorer)
      "examples": {template owner: [(XE caption, reconstruction)] (first 3)}}.
     A template owner is a scorer name of TEMPLATES, or "default" for DEFAULT_TEMPLATE (which
@@ -194,11 +217,14 @@ def template_probe(captions: Mapping[int, str], score_fns: Mapping[str, ScoreFn]
   matrix = {owner: {} for owner in owners}
   table = {}
   for name, fn in score_fns.items():
-    ce = float(np.mean(score_all(fn, base, kept))) if kept else float("nan")
-    for owner, texts in built.items():
-      matrix[owner][name] = float(np.mean(score_all(fn, texts, kept))) if kept else float("nan")
-    table[name] = {"template": str(owners[owner_of[name]]), "ce": ce,
-                   "recons": matrix[owner_of[name]][name]}
+    original = _stats(score_all(fn, base, kept))
+    spreads = {owner: _stats(score_all(fn, texts, kept)) for owner, texts in built.items()}
+    for owner, stats in spreads.items():
+      matrix[owner][name] = stats["mean"]
+    own = spreads[owner_of[name]]
+    table[name] = {"template": str(owners[owner_of[name]]), "original": original["mean"],
+                   "recons": own["mean"], "original_std": original["std"],
+                   "recons_std": own["std"]}
   examples = {owner: list(zip(base[:3], texts[:3])) for owner, texts in built.items()}
   return {"num_captions": len(kept), "table": table, "matrix": matrix, "examples": examples}
 
@@ -216,6 +242,8 @@ def tag_references(references: Mapping[int, Sequence[str]],
 def word_pools(tagged: Iterable[TaggedCaption]) -> tuple[list[str], list[str]]:
   """(nouns, other words): every word seen, split by whether it is mostly tagged a noun.
 
+  Position words are never in the noun pool: they are no visual words.
+
   The noun pool gives the wrong visual words of `replacement_probe`, the other pool its random
   non-visual words.
   """
@@ -225,7 +253,7 @@ def word_pools(tagged: Iterable[TaggedCaption]) -> tuple[list[str], list[str]]:
       total[w] += 1
       noun_count[w] += p in NOUN_TAGS
   total.pop(CAPTIONER_UNK, None)
-  nouns = sorted(w for w in total if 2 * noun_count[w] > total[w])
+  nouns = sorted(w for w in total if 2 * noun_count[w] > total[w] and w not in POSITION_WORDS)
   others = sorted(w for w in total if noun_count[w] == 0)
   return nouns, others
 
@@ -262,7 +290,10 @@ def visual_words_probe(references: Mapping[int, Sequence[str]],
     tagged_references: image id -> tagged references, when already tagged.
 
   Returns:
-    {"k": [...], "num_images": n, "scores": {scorer: [mean score per k]},
+    {"k": [...], "num_images": n (one generated caption per image and k),
+     "scores": {scorer: [mean score per k]}, "std": {scorer: [standard deviation per k]},
+     "counts": {scorer: [captions scored per k]},
+     "reference": {scorer: {"mean", "std", "n"}} (each image's first reference caption),
      "templates": {scorer: str}, "examples": {scorer: [caption per k] for the first image}}.
   """
   ids = sorted(references)
@@ -274,15 +305,18 @@ def visual_words_probe(references: Mapping[int, Sequence[str]],
   if max_images is not None and len(eligible) > max_images:
     rng = np.random.default_rng(seed + 1)
     eligible = sorted(rng.choice(eligible, size=max_images, replace=False).tolist())
-  scores, templates, examples = {}, {}, {}
+  scores, std, counts, reference, templates, examples = {}, {}, {}, {}, {}, {}
+  first_references = [references[i][0] for i in eligible]
   for name, fn in score_fns.items():
     template = template_for(name)
     templates[name] = str(template)
-    scores[name] = []
-    for k in k_values:
-      texts = [template.fill(ranked[i][:k]) for i in eligible]
-      scores[name].append(float(np.mean(score_all(fn, texts, eligible))) if eligible
-                          else float("nan"))
+    per_k = [_stats(score_all(fn, [template.fill(ranked[i][:k]) for i in eligible], eligible))
+             for k in k_values]
+    scores[name] = [s["mean"] for s in per_k]
+    std[name] = [s["std"] for s in per_k]
+    counts[name] = [s["n"] for s in per_k]
+    reference[name] = _stats(score_all(fn, first_references, eligible))
     examples[name] = [template.fill(ranked[eligible[0]][:k]) for k in k_values] if eligible else []
-  return {"k": list(k_values), "num_images": len(eligible), "scores": scores,
-          "templates": templates, "examples": examples}
+  return {"k": list(k_values), "num_images": len(eligible), "scores": scores, "std": std,
+          "counts": counts, "reference": reference, "templates": templates,
+          "examples": examples}

@@ -198,6 +198,9 @@ def analysis_block() -> ml_collections.ConfigDict:
   config.spice_dir = ""  # a folder with the two Stanford CoreNLP 3.6.0 jars (else no SPICE)
   config.ptb_tokenize = False
   config.recompute_metrics = False  # True: ignore metrics.json, recompute from the captions
+  config.bad_captions = "refuse"  # or "skip": a null or empty caption (analysis/text.py)
+  config.tokenizer = "auto"  # how captions from files are tokenized: "auto", "ptb" or "lower"
+  config.java_timeout_s = 300.0  # the longest one Java call (PTB, METEOR, SPICE) may take
   config.top_k = 10
   # See analysis/lm.py: nltk's KneserNeyInterpolated, fixed discount, rare words as <UNK>.
   config.lm = ml_collections.ConfigDict(dict(order=3, discount=0.75, unk_cutoff=2))

@@ -90,7 +90,7 @@ def test_template_probe_scores_the_reconstructions():
   # Nouns: [dog, bed], [man, horse, beach], [car, street].
   # lxmert: "a dog of a bed" (5), "a man of a horse of a beach" (8), "a car of a street" (5).
   assert out["table"]["lxmert"]["recons"] == pytest.approx((5 + 8 + 5) / 3)
-  assert out["table"]["lxmert"]["ce"] == pytest.approx((6 + 8 + 6) / 3)  # the XE lengths
+  assert out["table"]["lxmert"]["original"] == pytest.approx((6 + 8 + 6) / 3)  # the XE lengths
   # clip: "a image image of dog near a bed" (8), 11, 8.
   assert out["table"]["clip"]["recons"] == pytest.approx((8 + 11 + 8) / 3)
   assert out["matrix"]["clip"]["lxmert"] == out["table"]["clip"]["recons"]

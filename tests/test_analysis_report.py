@@ -116,7 +116,7 @@ def test_analyze_runs_round_trip(tmp_path):
   text = open(os.path.join(out_dir, "report.md")).read()
   assert "| SCST-nouns | 8.0↑ | 60.0↑ |" in text
   assert "| XE | 6.7 | 50.0 | 70.0 | 30.0 | 25.0 | 50.0 | 90.0 | – |" in text
-  assert "![top unigrams](unigrams.png)" in text and "(Figure 3; 2 images)" in text
+  assert "![top unigrams](unigrams.png)" in text and "for each of 2 images" in text
 
 
 def test_analyze_captions_file(tmp_path):

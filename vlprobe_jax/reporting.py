@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -46,6 +47,7 @@ def analyse_workdir(config, dataset, scorers: dict, workdir: str) -> dict:
   acfg = ml_collections.ConfigDict(config.analysis.to_dict())
   acfg.runs, acfg.captions, acfg.out_dir = (workdir,), (), out_dir
   acfg.include_meteor = bool(config.eval.get("meteor", True))
+  acfg.bad_captions = "skip"  # An empty caption of our own captioner is counted, not fatal.
   acfg.spice_dir = config.eval.get("spice_dir") or None
   corpus = runs_lib.Corpus.from_dataset(dataset)
   print(f"[analysis] writing the report to {out_dir} ...", flush=True)
@@ -63,32 +65,39 @@ def _run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def run_standalone(acfg) -> dict:
-  """The "analysis" entry point: data, scorers and corpus from the workdirs in `acfg.runs`.
+  """The "analysis" entry point (configs/analysis.py); returns the report's short summary.
 
-  The data (test references, training captions) is the first workdir's; each scorer is the one
-  cached in the first workdir that has it (`<workdir>/scorers/<name>`), or its configured
-  checkpoint.
+  The data (test references, training captions) is the first workdir's, unless references= or
+  lm_corpus= name files; each scorer is the one cached in the first workdir that has it
+  (`<workdir>/scorers/<name>`), or its configured checkpoint. Captions files alone are analysed
+  against the files references=/lm_corpus= name, without scorers. Nothing is generated.
   """
+  from analysis import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from analysis import report  # pylint: disable=g-import-not-at-top
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
   if not acfg.runs:
-    raise ValueError("configs/analysis.py: give at least one finished workdir with runs=<dir>: "
-                     "its test split's references and training captions are what the captions "
-                     "are compared with.")
-  base_dir = acfg.runs[0]
-  run_config = _run_config(base_dir)
-  dataset = sources.load(run_config.data, base_dir)
-  names = list(acfg.scorers)
-  if not names:
-    for workdir in acfg.runs:
-      names += scoring.scorer_names(_run_config(workdir))
-  names = list(dict.fromkeys(names))
-  loaded = {}
-  for name in names:
-    home = next((w for w in acfg.runs if os.path.isdir(os.path.join(w, "scorers", name))),
-                base_dir)
-    config = _run_config(home) if os.path.exists(os.path.join(home, "config.json")) else run_config
-    loaded.update(scoring.load_scorers(config, [name], dataset, home))
-  corpus = runs_lib.Corpus.from_dataset(dataset)
-  return report.run_from_config(acfg, corpus, score_fns_for(loaded, dataset["test"]))
+    summary = report.run_from_config(acfg, corpus_lib.corpus_from_config(acfg), {})
+  else:
+    base_dir = acfg.runs[0]
+    run_config = _run_config(base_dir)
+    dataset = sources.load(run_config.data, base_dir)
+    names = list(acfg.scorers)
+    if not names:
+      for workdir in acfg.runs:
+        names += scoring.scorer_names(_run_config(workdir))
+    loaded = {}
+    for name in dict.fromkeys(names):
+      home = next((w for w in acfg.runs if os.path.isdir(os.path.join(w, "scorers", name))),
+                  base_dir)
+      config = _run_config(home) if os.path.exists(os.path.join(home, "config.json")) else (
+          run_config)
+      loaded.update(scoring.load_scorers(config, [name], dataset, home))
+    corpus = corpus_lib.corpus_from_config(acfg, fallback=runs_lib.Corpus.from_dataset(dataset))
+    summary = report.run_from_config(acfg, corpus, score_fns_for(loaded, dataset["test"]))
+  print(f"[analysis] report: {summary['report']}", flush=True)
+  summary["headline"] = report.summary_line(summary)
+  summary["summary_path"] = os.path.join(os.path.dirname(summary["report"]), "summary.json")
+  if jax.process_index() == 0:
+    checkpoints.write_json_atomic(summary["summary_path"], summary)
+  return summary

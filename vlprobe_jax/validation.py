@@ -248,9 +248,14 @@ def _check_analysis(c: _Checker) -> None:
     for n, path in enumerate(c.config.get(field) or ()):
       if not os.path.exists(path):
         c.problems.append(f"config.{field}[{n}]={path!r}: that path does not exist")
-  if not c.config.get("runs"):
-    c.fail("runs", "expected at least one finished workdir (runs=<dir>): its test split and "
-                   "training captions are what the captions are compared with")
+  if not c.config.get("runs") and not c.config.get("captions"):
+    c.fail("runs", "expected finished workdirs (runs=<dir>) and/or captions files "
+                   "(captions=<file>) to analyse")
+  for field in ("references", "lm_corpus", "spice_dir"):
+    c.existing_path(field, "that path")
+  c.one_of("bad_captions", ("refuse", "skip"))
+  c.one_of("tokenizer", ("auto", "ptb", "lower"))
+  c.positive("java_timeout_s")
   c.int_at_least("seed", 0)
   c.int_at_least("top_k", 1)
 
