@@ -314,8 +314,8 @@ def test_meteor_on_real_captions_with_newlines():
 
 def test_standalone_captions_run_prints_its_report_and_builds_no_world(world, tmp_path,
                                                                          monkeypatch, capsys):
-  """The launcher's glue (vlprobe_jax/reporting.py, to be re-homed): captions files alone never
-  generate the synthetic world, everything lands in out_dir, the return value is short."""
+  """The "analysis" entry point (vlprobe_jax/reporting.py): captions files alone never generate
+  the synthetic world, everything lands in out_dir, the return value is short."""
   from vlprobe_jax import reporting  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   out_dir = tmp_path / "analysis_out"
@@ -324,8 +324,9 @@ def test_standalone_captions_run_prints_its_report_and_builds_no_world(world, tm
       f"lm_corpus={world['karpathy']},out_dir={out_dir},tokenizer=lower,no_meteor")
   summary = reporting.run_standalone(config)
   assert os.listdir(tmp_path) == ["analysis_out"]  # no workdir/, no synthetic world
-  assert set(os.listdir(out_dir)) == {"report.md", "analysis.json", "unigrams.png"}
+  assert set(os.listdir(out_dir)) == {"report.md", "analysis.json", "unigrams.png",
+                                      "summary.json"}
   printed = capsys.readouterr().out.splitlines()
   assert f"[analysis] report: {out_dir / 'report.md'}" in printed
-  assert f"[analysis] {report.summary_line(summary)}" in printed
+  assert summary["headline"] == report.summary_line(summary)  # launch.py's last line
   assert len(json.dumps(summary)) < 1000 and summary["runs"]["fakecap"]["PPL"] > 0
