@@ -78,7 +78,7 @@ def load_torch_file(path: str, *, trust_pickle: bool = False) -> Any:
         f"checkpoint {path} holds a Python object of type {refused.group(1)}, which the safe "
         "loader (torch.load weights_only=True) refuses because unpickling it runs code. If you "
         "trust the file's source, allow it with --config.trust_pickle=True.") from error
-  except (EOFError, RuntimeError, OSError, ValueError) as error:
+  except Exception as error:  # pylint: disable=broad-except (EOFError, RuntimeError, KeyError..)
     raise CheckpointFileError(
         f"checkpoint {path} ({os.path.getsize(path):,} bytes) is truncated or not a file "
         f"written by torch.save: {str(error).splitlines()[0]}") from error

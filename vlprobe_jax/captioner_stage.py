@@ -41,6 +41,7 @@ class CaptionerTask:
     self.log_every_steps = block.log_every_steps
     self.eval_every_steps = block.eval_every_steps
     self.checkpoint_every_steps = block.checkpoint_every_steps
+    self.keep_checkpoints = block.get("keep_checkpoints", 2)
 
   def gather(self, rows):
     raise NotImplementedError

@@ -119,8 +119,10 @@ class StageCheckpoints:
     except Exception as error:  # orbax raises ValueError, OSError, RuntimeError, ...
       where = os.path.join(str(manager.directory), str(step))
       cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+      if len(cause) > 320:  # orbax nests the OS error (the useful part) at the end.
+        cause = f"{cause[:120]} ... {cause[-180:]}"
       raise CheckpointSaveError(
-          f"Could not save the {kind} checkpoint of step {step} to {where}: {cause[:400]} "
+          f"Could not save the {kind} checkpoint of step {step} to {where}: {cause} "
           f"({free_space(where)}). The run stopped so that no progress is lost silently; free "
           "space or fix the path, then rerun the same command: it resumes from the last good "
           "checkpoint.") from error

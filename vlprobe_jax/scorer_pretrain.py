@@ -283,6 +283,7 @@ class PretrainTask:
   """Pretraining of one tiny scorer as a `training.Task` (one device, no eval in the loop)."""
   eval_every_steps = 0
   eval_name = ""
+  keep_checkpoints = 2
 
   def __init__(self, config, spec, dataset, directory: str, key: dict):
     s = self.settings = settings(config.scorer_pretrain, spec.name)

@@ -79,6 +79,7 @@ class Task(Protocol):
   log_every_steps: int
   eval_every_steps: int  # 0: no eval in the loop; the result is the final params
   checkpoint_every_steps: int
+  keep_checkpoints: int  # how many latest checkpoints to keep (the best is kept besides)
   checkpoint_meta: dict  # what the checkpoints are of; checked on restore
   eval_name: str  # 'val CIDEr': what the eval score is, for the summary lines
 
@@ -130,7 +131,7 @@ def train(task: Task, *, max_steps_this_run: int | None = None) -> StageResult:
   """
   is_main = jax.process_index() == 0
   ckpt = checkpoints.StageCheckpoints(os.path.join(task.stage_dir, "checkpoints"),
-                                      task.checkpoint_meta)
+                                      task.checkpoint_meta, keep=task.keep_checkpoints)
   try:
     state = task.initial_state()
     if ckpt.latest_step() is not None:

@@ -89,29 +89,72 @@ def _field(config, name: str):
 
 
 def read_karpathy_json(path: str) -> list[CocoImage]:
-  """Karpathy's `dataset_coco.json` -> its images, in file order."""
+  """Karpathy's `dataset_coco.json` -> its images, in file order.
+
+  Raises:
+    FileNotFoundError: no such file.
+    features.FeatureError: the file is not the Karpathy layout, or a row has a malformed field
+      (the message names the file, the row, the field, what was expected and what was found),
+      or one image id appears twice (in two splits or the same one).
+  """
   try:
-    with open(path) as f:
-      entries = json.load(f)["images"]
+    with open(path, encoding="utf-8") as f:
+      payload = json.load(f)
   except FileNotFoundError:
     raise FileNotFoundError(f"karpathy_json {path} does not exist; it is dataset_coco.json from "
                             "Karpathy's caption_datasets.zip.") from None
-  except (KeyError, TypeError, json.JSONDecodeError) as error:
-    raise ValueError(f"{path}: expected Karpathy's dataset_coco.json with a top-level 'images' "
-                     f"list; could not read it ({error!r}).") from None
-  images = []
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise features.FeatureError(f"{path}: not valid JSON ({error}); expected Karpathy's "
+                                "dataset_coco.json.") from None
+  entries = payload.get("images") if isinstance(payload, dict) else None
+  if not isinstance(entries, list):
+    raise features.FeatureError(f"{path}: expected Karpathy's dataset_coco.json, an object with "
+                                "an 'images' list; found no such list.")
+  images, first_row = [], {}
   for number, entry in enumerate(entries):
-    try:
-      split = KARPATHY_SPLITS[entry["split"]]
-      captions = [list(sentence["tokens"]) for sentence in entry["sentences"]]
-      image_id = int(entry["cocoid"])
-      image_path = os.path.join(entry.get("filepath", ""), entry["filename"])
-    except KeyError as error:
-      raise ValueError(f"{path}: images[{number}] lacks field {error} or has split "
-                       f"{entry.get('split')!r}; expected split in {sorted(KARPATHY_SPLITS)}, "
-                       "cocoid, filepath, filename and sentences[].tokens.") from None
-    images.append(CocoImage(image_id, split, captions, image_path))
+    image = _karpathy_image(entry, f"{path}: images[{number}]")
+    if image.image_id in first_row:
+      earlier = first_row[image.image_id]
+      raise features.FeatureError(
+          f"{path}: images[{number}] has cocoid {image.image_id} (split {image.split!r}), which "
+          f"images[{earlier}] already has (split {images[earlier].split!r}); expected each "
+          "image once, in one split (an image in two splits leaks test images into training).")
+    first_row[image.image_id] = number
+    images.append(image)
   return images
+
+
+def _karpathy_image(entry, where: str) -> CocoImage:
+  """One row of the Karpathy json, every field checked; errors name `where` and the field."""
+  def fail(field: str, expected: str, found) -> features.FeatureError:
+    return features.FeatureError(f"{where}: field {field!r}: expected {expected}; found "
+                                 f"{found!r:.120}.")
+
+  if not isinstance(entry, dict):
+    raise fail("(row)", "an object", entry)
+  for field in ("split", "cocoid", "filename", "sentences"):
+    if field not in entry:
+      raise features.FeatureError(f"{where}: lacks field {field!r}; expected split, cocoid, "
+                                  "filepath, filename and sentences[].tokens.")
+  if entry["split"] not in KARPATHY_SPLITS:
+    raise fail("split", f"one of {sorted(KARPATHY_SPLITS)}", entry["split"])
+  cocoid = entry["cocoid"]
+  if isinstance(cocoid, bool) or not (isinstance(cocoid, int) or (
+      isinstance(cocoid, str) and cocoid.isdigit())):
+    raise fail("cocoid", "an integer image id", cocoid)
+  if not isinstance(entry["sentences"], list) or not entry["sentences"]:
+    raise fail("sentences", "a non-empty list of {tokens: [...]} objects", entry["sentences"])
+  captions = []
+  for k, sentence in enumerate(entry["sentences"]):
+    tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+      raise fail(f"sentences[{k}].tokens", "a list of word strings", tokens)
+    captions.append(list(tokens))
+  for field in ("filepath", "filename"):
+    if not isinstance(entry.get(field, ""), str):
+      raise fail(field, "a string", entry[field])
+  return CocoImage(int(cocoid), KARPATHY_SPLITS[entry["split"]], captions,
+                   os.path.join(entry.get("filepath", ""), entry["filename"]))
 
 
 def read_tfds(name: str = TFDS_NAME, data_dir: str | None = None, max_images: int = 0,
@@ -171,7 +214,7 @@ def _check_available(images: list[CocoImage], split: str, available: np.ndarray,
   policy.handle(features.FeatureError(
       f"{split}: {len(lost)} of {len(images)} images have no {what} (first ids: {lost[:10]}); "
       "expected all of them. Rebuild the store from files that cover them, or set "
-      "config.data.on_error='skip' to drop these images."))
+      "config.data.on_error='skip' to drop these images."), count=len(lost))
   log.warning("%s: dropped %d images without %s (on_error='skip').", split, len(lost), what)
   return [image for image, ok in zip(images, available) if ok]
 

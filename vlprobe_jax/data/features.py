@@ -73,10 +73,11 @@ class ErrorPolicy:
     self.what = what
     self.skipped = 0
 
-  def handle(self, error: FeatureError) -> None:
+  def handle(self, error: FeatureError, count: int = 1) -> None:
+    """Raises `error` ("stop"), or counts `count` dropped entries and logs it ("skip")."""
     if self.on_error == "stop":
       raise error
-    self.skipped += 1
+    self.skipped += count
     if self.skipped <= _SKIPS_LOGGED:
       log.warning("skipped (on_error='skip'): %s", error)
     elif self.skipped == _SKIPS_LOGGED + 1:
@@ -250,19 +251,56 @@ class RegionTsvReader:
     if image_h <= 0 or image_w <= 0 or count < 0:
       raise FeatureError(f"{where}: img_h={image_h}, img_w={image_w}, num_boxes={count}; "
                          "expected positive sizes and a non-negative box count.")
+    if count == 0:
+      raise FeatureError(f"{where}: num_boxes=0; expected at least one region (the detector "
+                         "found nothing, or the row was cut).")
     ints = {4: np.int32, 8: np.int64}
     floats = {4: np.float32, 8: np.float64}
     features = _decode_array(row["features"], np.float32, count, self.feature_dim, where,
                              "features")
+    boxes = _decode_array(row["boxes"], np.float32, count, 4, where, "boxes")
+    check_regions(features, boxes, image_w, image_h, where)
     return RegionRecord(
         image_id=image_id, image_h=image_h, image_w=image_w,
-        boxes=_decode_array(row["boxes"], np.float32, count, 4, where, "boxes"),
+        boxes=boxes,
         features=features,
         objects_id=_decode_array(row["objects_id"], np.int64, count, 0, where, "objects_id",
                                  ints).astype(np.int32),
         objects_conf=_decode_array(row["objects_conf"], np.float32, count, 0, where,
                                    "objects_conf", floats).astype(np.float32),
         source=where)
+
+
+def check_finite(array: np.ndarray, where: str, what: str) -> None:
+  """Raises `FeatureError` naming the first NaN or Inf of `array`."""
+  bad = ~np.isfinite(array)
+  if np.any(bad):
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise FeatureError(f"{where}: {what} hold {int(bad.sum())} NaN or Inf value(s), the first "
+                       f"at index {first} ({array[first]}); expected finite values. The file "
+                       "is damaged or came from a failed extraction: re-extract it.")
+
+
+# Detector boxes are clipped to the image; half a pixel of slack for rounding in the extractors.
+_BOX_SLACK = 0.5
+
+
+def check_regions(features: np.ndarray, boxes: np.ndarray, image_w: int, image_h: int,
+                  where: str) -> None:
+  """Raises `FeatureError` for non-finite features or boxes, and for boxes that are inverted
+  (x2 < x1 or y2 < y1) or outside the image ([0, W] x [0, H], pixels)."""
+  check_finite(features, where, "features")
+  check_finite(boxes, where, "boxes")
+  inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+  outside = ((boxes[:, [0, 2]] < -_BOX_SLACK) | (boxes[:, [0, 2]] > image_w + _BOX_SLACK)).any(1)
+  outside |= ((boxes[:, [1, 3]] < -_BOX_SLACK) | (boxes[:, [1, 3]] > image_h + _BOX_SLACK)).any(1)
+  for name, bad in (("inverted (x2 < x1 or y2 < y1)", inverted),
+                    (f"outside the {image_w}x{image_h} image", outside)):
+    if np.any(bad):
+      region = int(np.argmax(bad))
+      raise FeatureError(f"{where}: {int(bad.sum())} box(es) {name}, the first region {region}: "
+                         f"{boxes[region].tolist()} (pixel x1, y1, x2, y2); expected boxes "
+                         "inside the image with x1 <= x2, y1 <= y2.")
 
 
 def encode_region_row(record: RegionRecord, layout: str) -> str:
@@ -309,7 +347,9 @@ def read_fc_npy(path: str, feature_dim: int = 2048) -> np.ndarray:
     raise FeatureError(f"{path}: array of shape {tuple(shape)} {dtype.name}; expected a float "
                        f"array of shape [{feature_dim}] (set feature_dim if your features "
                        "really have another width).")
-  return np.load(path).reshape(feature_dim).astype(np.float32)
+  fc = np.load(path, allow_pickle=False).reshape(feature_dim).astype(np.float32)
+  check_finite(fc, path, "fc features")
+  return fc
 
 
 class FcFolderReader:

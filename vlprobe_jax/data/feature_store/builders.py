@@ -23,7 +23,7 @@ def build_fc_store(source: str, out: str, *, feature_dim: int = 2048,
   """Builds (or resumes) an fc store from self-critical's `<cocoid>.npy` folder."""
   writer = StoreWriter(out, "fc", shard_size, source=os.path.abspath(source))
   reader = features.FcFolderReader(source, feature_dim=feature_dim, on_error=on_error,
-                                   skip_ids=writer.done_ids)
+                                   skip_ids=frozenset(writer.done_ids))
   progress = Progress(f"fc {out}", len(reader), "images", progress_every_s)
   for done, (image_id, fc) in enumerate(reader, start=1):
     writer.add(image_id, fc=fc)
@@ -68,8 +68,11 @@ def build_region_store(sources: list[str], out: str, *, layout: str = "auto",
   writer = StoreWriter(out, "regions", shard_size,
                        source=", ".join(os.path.abspath(s) for s in sources))
   policy = features.ErrorPolicy(on_error, "TSV rows")
+  # The ids stored before this run (a resumed build) are passed over without decoding; a
+  # duplicate within the sources reaches the writer, which reports it.
+  stored = frozenset(writer.done_ids)
   readers = [features.RegionTsvReader(path, layout, feature_dim=feature_dim, on_error=policy,
-                                      skip_ids=writer.done_ids) for path in sources]
+                                      skip_ids=stored) for path in sources]
   total = sum(reader.bytes_total for reader in readers)
   progress = Progress(f"regions {out}", total / 2**20, "MiB", progress_every_s)
   finished_bytes = 0
@@ -77,7 +80,7 @@ def build_region_store(sources: list[str], out: str, *, layout: str = "auto",
     for record in reader:
       arrays = region_arrays(record, max_regions, dtype, policy)
       if arrays is not None:
-        writer.add(record.image_id, **arrays)
+        writer.add(record.image_id, source=record.source, **arrays)
       progress.update((finished_bytes + reader.bytes_read) / 2**20, writer.written)
     finished_bytes += reader.bytes_total
   writer.finish()

@@ -277,11 +277,18 @@ class StoreWriter:
         for field, spec in self.manifest["fields"].items()}
     self._ids = []
 
-  def add(self, image_id: int, **arrays: np.ndarray) -> None:
-    """Adds one image; its arrays must match the fields fixed by the first image ever added."""
+  def add(self, image_id: int, source: str = "", **arrays: np.ndarray) -> None:
+    """Adds one image; its arrays must match the fields fixed by the first image ever added.
+
+    A second row of an id already stored is dropped and reported (logged now, counted at the
+    end); `source` ("file:line") says where it came from.
+    """
     image_id = int(image_id)
     if image_id in self.done_ids:
       self.duplicates += 1
+      if self.duplicates <= 10:
+        log.warning("%s: image %d appears again%s; the first copy is kept.", self.out, image_id,
+                    f" at {source}" if source else "")
       return
     specs = {field: {"shape": list(np.shape(a)), "dtype": np.asarray(a).dtype.name}
              for field, a in arrays.items()}
@@ -335,8 +342,8 @@ class StoreWriter:
     if self._ids:
       self._close_shard()
     if self.duplicates:
-      log.warning("%s: %d images were seen twice (in two source files, or already in the store "
-                  "when resuming); the first copy was kept.", self.out, self.duplicates)
+      log.warning("%s: %d duplicate image ids in the sources were dropped (the first copy of "
+                  "each was kept).", self.out, self.duplicates)
     self.manifest["finished"] = True
     self._write_manifest()
 
