@@ -68,6 +68,38 @@ class Config:
   vocab_path: str | None = None
 
 
+# Field of Config <- attribute of the original `config/cfg.py` Cfg.
+_ORIGINAL_KEYS = {"hidden_size": "HSIZE", "num_layers": "LAYER", "num_heads": "HHEAD",
+                  "intermediate_size": "HFF", "max_position": "POS_EMB_IN_SIZE",
+                  "type_vocab_size": "TYPE_EMB_IN_SIZE", "img_dim": "IMGFEAT_SIZE",
+                  "box_dim": "BBOXFEAT_SIZE", "dropout_rate": "DROPOUT_R"}
+
+
+def config_from_original(original, vocab_size: int | None = None, **overrides) -> Config:
+  """A Config from the original Cfg's attributes (`config/cfg.py`, as a dict of its fields).
+
+  The vocabulary size is not a Cfg field in the original (the net's `init_map` carries it):
+  pass `vocab_size` when it is not bert-base-uncased's 30,522.
+
+  Raises:
+    ValueError: a missing attribute, HBASE != HSIZE / HHEAD, or USE_BBOXFEAT off.
+  """
+  missing = sorted(k for k in _ORIGINAL_KEYS.values() if k not in original)
+  if missing:
+    raise ValueError(f"scorers/rosita.py: the ROSITA config lacks {missing}; expected the "
+                     "attributes of config/cfg.py (LAYER, HSIZE, HHEAD, HFF, ...).")
+  if original.get("HBASE", original["HSIZE"] // original["HHEAD"]) * original["HHEAD"] != (
+      original["HSIZE"]):
+    raise ValueError("scorers/rosita.py: HBASE * HHEAD != HSIZE; this port splits HSIZE into "
+                     "HHEAD heads of equal width, as every released config does.")
+  if not original.get("USE_BBOXFEAT", True):
+    raise ValueError("scorers/rosita.py: USE_BBOXFEAT is off; the released models use boxes.")
+  fields = {field: original[key] for field, key in _ORIGINAL_KEYS.items()}
+  if vocab_size is not None:
+    fields["vocab_size"] = vocab_size
+  return Config(**{**fields, **overrides})
+
+
 def default_config(variant: str | None = None) -> Config:
   """ROSITA-base, the only released size."""
   if variant not in (None, "base"):

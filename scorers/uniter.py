@@ -96,6 +96,40 @@ def tiny_config() -> Config:
   return Config(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64)
 
 
+# Field of Config <- key of the original JSON (config/uniter-base.json, UniterConfig).
+_ORIGINAL_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+                  "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                  "intermediate_size": "intermediate_size",
+                  "max_position": "max_position_embeddings",
+                  "type_vocab_size": "type_vocab_size", "dropout_rate": "hidden_dropout_prob"}
+
+
+def config_from_original(original, **overrides) -> Config:
+  """A Config from the original JSON (`config/uniter-base.json`, as a dict).
+
+  `img_dim` is a constructor argument in the original (2048), not a JSON key: pass it in
+  `overrides` when it differs, with the text settings.
+
+  Raises:
+    ValueError: an activation other than "gelu", dropouts that differ (one rate here), or a
+      missing key.
+  """
+  missing = sorted(k for k in _ORIGINAL_KEYS.values() if k not in original)
+  if missing:
+    raise ValueError(f"scorers/uniter.py: the UNITER config lacks {missing}; expected the keys "
+                     "of config/uniter-base.json.")
+  if original.get("hidden_act", "gelu") != "gelu":
+    raise ValueError(f"scorers/uniter.py: hidden_act={original['hidden_act']!r}; this port "
+                     "implements 'gelu' (erf), the activation of every released UNITER.")
+  attention = original.get("attention_probs_dropout_prob", original["hidden_dropout_prob"])
+  if attention != original["hidden_dropout_prob"]:
+    raise ValueError("scorers/uniter.py: attention_probs_dropout_prob differs from "
+                     "hidden_dropout_prob; this port has one dropout_rate (both are 0.1 in "
+                     "every released config).")
+  fields = {field: original[key] for field, key in _ORIGINAL_KEYS.items()}
+  return Config(**{**fields, **overrides})
+
+
 class UniterImageEmbeddings(nn.Module):
   """Region embeddings: LN(img_linear(feat)) + LN(pos_linear(box)) + type, LayerNorm, dropout.
 

@@ -7,6 +7,11 @@
     on the host, then scored in jitted batches; used for evaluation and by the analysis probes,
     whose captions may hold words outside the captioner's vocabulary.
 Both give the same ids for captions of the captioner's vocabulary (tests/test_tokens.py).
+
+The captioner's unknown word is the literal word "UNK" for every scorer (BERT tokenizers give
+`un ##k`, CLIP `unk</w>`), as in the original pipeline, where `decode_sequence` turns ids into
+strings before the reward model tokenizes them; `unrepresentable_words` lists the captioner
+words a scorer cannot tell apart at start.
 """
 
 from __future__ import annotations
