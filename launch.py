@@ -114,6 +114,15 @@ def _quiet_libraries() -> None:
     logging.getLogger(name).setLevel(logging.WARNING if name == "absl" else logging.ERROR)
 
 
+def _use_compilation_cache(jax) -> None:
+  """Compiled steps are kept on disk, so a rerun (a resume, another stage, a smoke run) skips
+  XLA compilation: JAX_COMPILATION_CACHE_DIR, default ~/.cache/vlprobe_jax/xla."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "vlprobe_jax", "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
   """Errors that describe a problem with the input, shown without a traceback."""
   from scorers import checkpoint_files, common  # pylint: disable=g-import-not-at-top
@@ -131,6 +140,8 @@ def main(argv):
     _fail("--config is required, e.g. --config=configs/scst_lxmert.py")
   _quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
+
+  _use_compilation_cache(jax)
 
   config = _CONFIG.value
   if _MULTIHOST.value or config.get("multihost"):

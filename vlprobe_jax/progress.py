@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from vlprobe_jax import tensorboard
+
 
 class MetricWriter:
   """Scalars to `<dir>/metrics.jsonl` (one JSON object per write) and to TensorBoard.
@@ -31,11 +33,7 @@ class MetricWriter:
     path = os.path.join(directory, "metrics.jsonl")
     _drop_rows_after(path, resume_step)
     self._jsonl = open(path, "a", encoding="utf-8")
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
-    except ImportError:  # TensorBoard is optional; the JSON lines always exist.
-      self._tb = None
+    self._tb = tensorboard.EventWriter(os.path.join(directory, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -43,10 +41,8 @@ class MetricWriter:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
-    if self._tb is not None:
-      for key, value in scalars.items():
-        self._tb.add_scalar(key, value, step)
-      self._tb.flush()
+    self._tb.add_scalars(step, scalars)
+    self._tb.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -90,7 +90,7 @@ def evaluate_stage(config, dataset, params, scorers, out_dir: str, stage: str) -
   scores = {name: scorer.score_texts(captions, split) for name, scorer in scorers.items()}
   if jax.process_index() == 0:
     evaluation.write_eval(out_dir, split, captions, scores, metrics)
-  shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+  shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
   line = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
   line += "".join(f", {name} score {float(s.mean()):.2f}" for name, s in scores.items())
   print(f"[eval] {stage} test: {line}", flush=True)
