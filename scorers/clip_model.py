@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorers import common
+
 
 SOT_ID, EOT_ID = 49406, 49407  # The BPE vocabulary's specials; EOT is the largest id.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -102,10 +104,7 @@ _VARIANTS = {
 
 def default_config(variant: str | None = None) -> Config:
   """The OpenAI CLIP sizes: "ViT-B/32" (default) or "ViT-L/14"."""
-  variant = variant or "ViT-B/32"
-  if variant not in _VARIANTS:
-    raise ValueError(f"Unknown CLIP variant {variant!r}; expected one of {sorted(_VARIANTS)}.")
-  return _VARIANTS[variant]
+  return common.variant_config(_VARIANTS, variant, "ViT-B/32", "scorers/clip_model.py")
 
 
 def tiny_config() -> Config:

@@ -177,6 +177,34 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str, source: str = "stat
 
 
 # ------------------------------------------------------------------------------------------
+# Configs.
+
+
+def variant_config(variants: Mapping[str, Any], variant: str | None, default: str,
+                   source: str):
+  """`variants[variant or default]`; an unknown name is an error listing the known ones."""
+  variant = variant or default
+  if variant not in variants:
+    raise ValueError(f"{source}: unknown variant {variant!r}; expected one of "
+                     f"{sorted(variants)}.")
+  return variants[variant]
+
+
+def config_from_original(config_type, original: Mapping[str, Any], keys: Mapping[str, str],
+                         source: str, **overrides):
+  """`config_type` with each field read from `original[keys[field]]`, then `overrides`.
+
+  Raises:
+    ValueError: keys missing from `original`, all listed.
+  """
+  missing = sorted(key for key in keys.values() if key not in original)
+  if missing:
+    raise ValueError(f"{source}: the original config lacks {missing}; expected the keys "
+                     f"{sorted(keys.values())}.")
+  return config_type(**{**{field: original[key] for field, key in keys.items()}, **overrides})
+
+
+# ------------------------------------------------------------------------------------------
 # The parts every ITM scorer shares.
 
 
@@ -243,3 +271,18 @@ def itm_functions(model, match_index: int, *, image_inputs: Callable, dummy_inpu
     return loss, {"accuracy": accuracy}
 
   return {"init_params": init_params, "score": score, "pretrain_loss": pretrain_loss}
+
+
+def itm_scorer(name: str, model, match_index: int, *, default_config, tiny_config, load,
+               tokenizer, text_format, image_inputs, dummy_inputs,
+               pretrain_images: Callable | None = None, score_images: Callable | None = None):
+  """The `registry.Scorer` of a region-based ITM model: its own parts, plus the init, score
+  and pretraining loss that `itm_functions` builds from the model and the match index."""
+  from scorers import registry  # pylint: disable=import-outside-toplevel
+
+  return registry.Scorer(
+      name=name, objective="itm", match_index=match_index, image_kind="regions", model=model,
+      default_config=default_config, tiny_config=tiny_config, load=load, tokenizer=tokenizer,
+      text_format=text_format, image_inputs=image_inputs,
+      **itm_functions(model, match_index, image_inputs=image_inputs, dummy_inputs=dummy_inputs,
+                      pretrain_images=pretrain_images, score_images=score_images))

@@ -9,6 +9,7 @@ LayerNorm eps 1e-12, additive -10000 masks, as in the originals.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +18,43 @@ import jax.numpy as jnp
 
 LAYER_NORM_EPS = 1e-12
 Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleStreamConfig:
+  """The sizes and text settings of a single-stream BERT over [text ; regions] (UNITER and
+  ROSITA subclass it with their own defaults); defaults are BERT-base's.
+
+  Attributes:
+    vocab_size: WordPiece vocabulary size.
+    hidden_size, num_layers, num_heads, intermediate_size: encoder sizes.
+    max_position: text position table size.
+    type_vocab_size: token type table size.
+    img_dim: region feature width.
+    dropout_rate: hidden and attention-probability dropout (0.1 for both in the originals).
+    max_text_len: tokenizer truncation length, [CLS] and [SEP] included.
+    dtype: compute dtype, "float32" or "bfloat16"; params stay float32.
+    vocab_path: a `vocab.txt` for the tokenizer, or None for the shipped one.
+  """
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position: int = 512
+  type_vocab_size: int = 2
+  img_dim: int = 2048
+  dropout_rate: float = 0.1
+  max_text_len: int = 30
+  dtype: str = "float32"
+  vocab_path: str | None = None
+
+
+def single_stream_outputs(hidden: jax.Array, pooled: jax.Array, text_length: int) -> dict:
+  """The intermediates of a [text ; regions] encoder: pooled [N, H], the whole sequence
+  [N, T + R, H] and its text [N, T, H] and image [N, R, H] parts (padding included)."""
+  return {"pooled_output": pooled, "sequence_output": hidden,
+          "text_output": hidden[:, :text_length], "image_output": hidden[:, text_length:]}
 
 
 def attention_bias(mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
-from scorers import registry
 from scorers import tokens
 
 MATCH_INDEX = 1
@@ -68,11 +67,7 @@ _VARIANTS = {"base": Config()}
 
 def default_config(variant: str | None = None) -> Config:
   """The released LXMERT sizes (9 language, 5 relationship, 5 cross layers; 768 wide)."""
-  variant = variant or "base"
-  if variant not in _VARIANTS:
-    raise ValueError(f"scorers/lxmert.py: unknown variant {variant!r}; known: "
-                     f"{', '.join(sorted(_VARIANTS))}.")
-  return _VARIANTS[variant]
+  return common.variant_config(_VARIANTS, variant, "base", "scorers/lxmert.py")
 
 
 def tiny_config() -> Config:
@@ -361,14 +356,10 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   return config, params
 
 
-_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
-                            dummy_inputs=_dummy_inputs,
-                            pretrain_images=lambda params, config, images: _regions(config, images),
-                            score_images=_score_images)
-init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
-
-SCORER = registry.Scorer(
-    name="lxmert", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss)
+SCORER = common.itm_scorer(
+    "lxmert", Model, MATCH_INDEX, default_config=default_config, tiny_config=tiny_config,
+    load=load, tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs,
+    dummy_inputs=_dummy_inputs,
+    pretrain_images=lambda params, config, images: _regions(config, images),
+    score_images=_score_images)
+init_params, score, pretrain_loss = SCORER.init_params, SCORER.score, SCORER.pretrain_loss

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
-from scorers import registry
 from scorers import tokens
 
 MATCH_INDEX = 1
@@ -38,34 +37,15 @@ IGNORED_KEYS = (r"epoch", r"(net_optim|amp)(\..*)?", r"(text_mlm_head|imgfeat_he
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """ROSITA sizes (`config/cfg.py` defaults) and text settings.
+class Config(layers.SingleStreamConfig):
+  """ROSITA sizes (`config/cfg.py` defaults: HSIZE, LAYER, HHEAD, HFF, POS_EMB_IN_SIZE,
+  TYPE_EMB_IN_SIZE (only type 0 is used), IMGFEAT_SIZE, DROPOUT_R) and text settings (fields:
+  SingleStreamConfig; vocab 30,522 = bert-base-uncased, max_text_len 30).
 
   Attributes:
-    vocab_size: WordPiece vocabulary size (30,522 = bert-base-uncased).
-    hidden_size (HSIZE), num_layers (LAYER), num_heads (HHEAD), intermediate_size (HFF).
-    max_position: text position table size (POS_EMB_IN_SIZE).
-    type_vocab_size: token type table size (TYPE_EMB_IN_SIZE); only type 0 is used.
-    img_dim: region feature width (IMGFEAT_SIZE).
     box_dim: box feature width (BBOXFEAT_SIZE).
-    dropout_rate: DROPOUT_R, on embeddings, attention probabilities and residual branches.
-    max_text_len: tokenizer truncation length, [CLS] and [SEP] included.
-    dtype: compute dtype, "float32" or "bfloat16"; params stay float32.
-    vocab_path: a `vocab.txt` for the tokenizer, or None for the shipped bert-base-uncased one.
   """
-  vocab_size: int = 30522
-  hidden_size: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  intermediate_size: int = 3072
-  max_position: int = 512
-  type_vocab_size: int = 2
-  img_dim: int = 2048
   box_dim: int = 5
-  dropout_rate: float = 0.1
-  max_text_len: int = 30
-  dtype: str = "float32"
-  vocab_path: str | None = None
 
 
 # Field of Config <- attribute of the original `config/cfg.py` Cfg.
@@ -84,20 +64,15 @@ def config_from_original(original, vocab_size: int | None = None, **overrides) -
   Raises:
     ValueError: a missing attribute, HBASE != HSIZE / HHEAD, or USE_BBOXFEAT off.
   """
-  missing = sorted(k for k in _ORIGINAL_KEYS.values() if k not in original)
-  if missing:
-    raise ValueError(f"scorers/rosita.py: the ROSITA config lacks {missing}; expected the "
-                     "attributes of config/cfg.py (LAYER, HSIZE, HHEAD, HFF, ...).")
-  if original.get("HBASE", original["HSIZE"] // original["HHEAD"]) * original["HHEAD"] != (
-      original["HSIZE"]):
+  config = common.config_from_original(Config, original, _ORIGINAL_KEYS,
+                                       "scorers/rosita.py (config/cfg.py)", **overrides)
+  if original.get("HBASE", config.hidden_size // config.num_heads) * config.num_heads != (
+      config.hidden_size):
     raise ValueError("scorers/rosita.py: HBASE * HHEAD != HSIZE; this port splits HSIZE into "
                      "HHEAD heads of equal width, as every released config does.")
   if not original.get("USE_BBOXFEAT", True):
     raise ValueError("scorers/rosita.py: USE_BBOXFEAT is off; the released models use boxes.")
-  fields = {field: original[key] for field, key in _ORIGINAL_KEYS.items()}
-  if vocab_size is not None:
-    fields["vocab_size"] = vocab_size
-  return Config(**{**fields, **overrides})
+  return config if vocab_size is None else dataclasses.replace(config, vocab_size=vocab_size)
 
 
 def default_config(variant: str | None = None) -> Config:
@@ -234,9 +209,7 @@ class Model(nn.Module):
     # ROSITA's Pooler is BERT's: tanh(dense(hidden of token 0)), token 0 being text [CLS].
     pooled = layers.BertPooler(cfg.hidden_size, dtype, name="pooler")(hidden)
     logits = MmITMHead(cfg, name="mm_itm_head")(pooled).astype(jnp.float32)
-    length = text_ids.shape[1]
-    return logits, {"pooled_output": pooled, "sequence_output": hidden,
-                    "text_output": hidden[:, :length], "image_output": hidden[:, length:]}
+    return logits, layers.single_stream_outputs(hidden, pooled, text_ids.shape[1])
 
 
 def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
@@ -329,12 +302,8 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   return config, params
 
 
-_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
-                            dummy_inputs=_dummy_inputs)
-init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
-
-SCORER = registry.Scorer(
-    name="rosita", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss)
+SCORER = common.itm_scorer(
+    "rosita", Model, MATCH_INDEX, default_config=default_config, tiny_config=tiny_config,
+    load=load, tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs,
+    dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = SCORER.init_params, SCORER.score, SCORER.pretrain_loss

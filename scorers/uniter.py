@@ -37,7 +37,6 @@ import jax.numpy as jnp
 from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
-from scorers import registry
 from scorers import tokens
 
 MATCH_INDEX = 1
@@ -48,32 +47,14 @@ IGNORED_KEYS = (r"cls\..*", r"feat_regress\..*", r"region_classifier\..*")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """UNITER sizes (`config/uniter-base.json`) and text settings.
+class Config(layers.SingleStreamConfig):
+  """UNITER sizes (`config/uniter-base.json`) and text settings (fields: SingleStreamConfig).
 
-  Attributes:
-    vocab_size: WordPiece vocabulary size (28,996 = bert-base-cased).
-    hidden_size, num_layers, num_heads, intermediate_size: encoder sizes.
-    max_position: text position table size.
-    type_vocab_size: token types (0 text, 1 image).
-    img_dim: region feature width.
-    dropout_rate: hidden and attention-probability dropout (the original uses 0.1 for both).
-    max_text_len: tokenizer truncation length, [CLS] and [SEP] included.
-    dtype: compute dtype, "float32" or "bfloat16"; params stay float32.
-    vocab_path: a `vocab.txt` for the tokenizer, or None for the shipped bert-base-cased one.
+  vocab_size 28,996 is bert-base-cased's; type 0 is text, type 1 the regions; max_text_len 60;
+  vocab_path None uses the shipped bert-base-cased vocabulary.
   """
   vocab_size: int = 28996
-  hidden_size: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  intermediate_size: int = 3072
-  max_position: int = 512
-  type_vocab_size: int = 2
-  img_dim: int = 2048
-  dropout_rate: float = 0.1
   max_text_len: int = 60
-  dtype: str = "float32"
-  vocab_path: str | None = None
 
 
 _VARIANTS = {
@@ -84,11 +65,7 @@ _VARIANTS = {
 
 def default_config(variant: str | None = None) -> Config:
   """UNITER-base (or `variant="large"`), as released."""
-  variant = variant or "base"
-  if variant not in _VARIANTS:
-    raise ValueError(f"scorers/uniter.py: unknown variant {variant!r}; expected one of "
-                     f"{sorted(_VARIANTS)}.")
-  return Config(**_VARIANTS[variant])
+  return Config(**common.variant_config(_VARIANTS, variant, "base", "scorers/uniter.py"))
 
 
 def tiny_config() -> Config:
@@ -114,20 +91,16 @@ def config_from_original(original, **overrides) -> Config:
     ValueError: an activation other than "gelu", dropouts that differ (one rate here), or a
       missing key.
   """
-  missing = sorted(k for k in _ORIGINAL_KEYS.values() if k not in original)
-  if missing:
-    raise ValueError(f"scorers/uniter.py: the UNITER config lacks {missing}; expected the keys "
-                     "of config/uniter-base.json.")
   if original.get("hidden_act", "gelu") != "gelu":
     raise ValueError(f"scorers/uniter.py: hidden_act={original['hidden_act']!r}; this port "
                      "implements 'gelu' (erf), the activation of every released UNITER.")
-  attention = original.get("attention_probs_dropout_prob", original["hidden_dropout_prob"])
-  if attention != original["hidden_dropout_prob"]:
+  hidden = original.get("hidden_dropout_prob")
+  if original.get("attention_probs_dropout_prob", hidden) != hidden:
     raise ValueError("scorers/uniter.py: attention_probs_dropout_prob differs from "
                      "hidden_dropout_prob; this port has one dropout_rate (both are 0.1 in "
                      "every released config).")
-  fields = {field: original[key] for field, key in _ORIGINAL_KEYS.items()}
-  return Config(**{**fields, **overrides})
+  return common.config_from_original(Config, original, _ORIGINAL_KEYS,
+                                     "scorers/uniter.py (config/uniter-base.json)", **overrides)
 
 
 class UniterImageEmbeddings(nn.Module):
@@ -218,9 +191,7 @@ class Model(nn.Module):
     hidden, pooled = UniterModel(self.config, name="uniter")(
         text_ids, text_mask, image_inputs, deterministic)
     logits = layers.dense(2, "itm_output", dtype)(pooled).astype(jnp.float32)
-    length = text_ids.shape[1]
-    return logits, {"pooled_output": pooled, "sequence_output": hidden,
-                    "text_output": hidden[:, :length], "image_output": hidden[:, length:]}
+    return logits, layers.single_stream_outputs(hidden, pooled, text_ids.shape[1])
 
 
 def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
@@ -291,12 +262,8 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   return config, params
 
 
-_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
-                            dummy_inputs=_dummy_inputs)
-init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
-
-SCORER = registry.Scorer(
-    name="uniter", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss)
+SCORER = common.itm_scorer(
+    "uniter", Model, MATCH_INDEX, default_config=default_config, tiny_config=tiny_config,
+    load=load, tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs,
+    dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = SCORER.init_params, SCORER.score, SCORER.pretrain_loss

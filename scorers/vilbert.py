@@ -40,7 +40,6 @@ import jax.numpy as jnp
 from scorers import checkpoint_files
 from scorers import common
 from scorers import layers
-from scorers import registry
 from scorers import tokens
 
 # Softmax index of "the caption matches the image". ViLBERT is the odd one out: 0, not 1.
@@ -124,11 +123,8 @@ _VARIANTS = {
 
 def default_config(variant: str | None = None) -> Config:
   """The released ViLBERT sizes; `variant` names one of the original config files."""
-  variant = variant or "bert_base_6layer_6conect"
-  if variant not in _VARIANTS:
-    raise ValueError(f"scorers/vilbert.py: unknown variant {variant!r}; "
-                     f"expected one of {sorted(_VARIANTS)}.")
-  return Config(**_VARIANTS[variant])
+  return Config(**common.variant_config(_VARIANTS, variant, "bert_base_6layer_6conect",
+                                        "scorers/vilbert.py"))
 
 
 def tiny_config() -> Config:
@@ -474,12 +470,8 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   return config, convert_state_dict(state_dict, config, source=path)
 
 
-_ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,
-                            dummy_inputs=_dummy_inputs)
-init_params, score, pretrain_loss = _ITM["init_params"], _ITM["score"], _ITM["pretrain_loss"]
-
-SCORER = registry.Scorer(
-    name="vilbert", objective="itm", match_index=MATCH_INDEX, image_kind="regions", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss)
+SCORER = common.itm_scorer(
+    "vilbert", Model, MATCH_INDEX, default_config=default_config, tiny_config=tiny_config,
+    load=load, tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs,
+    dummy_inputs=_dummy_inputs)
+init_params, score, pretrain_loss = SCORER.init_params, SCORER.score, SCORER.pretrain_loss

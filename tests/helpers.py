@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from configs import common
@@ -45,3 +47,32 @@ class Opaque:
 
   def __init__(self, note: str = "not a tensor"):
     self.note = note
+
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+def load_golden(spec, name: str, checkpoint: str):
+  """A golden tiny model: (its saved inputs and outputs, config, params loaded from its file)."""
+  io = dict(np.load(os.path.join(ASSETS, f"{name}_tiny_io.npz")))
+  config, params = spec.load(os.path.join(ASSETS, checkpoint), spec.tiny_config())
+  return io, config, params
+
+
+def with_regions(dataset):
+  """Gives every split of `dataset` two empty regions per image (for region scorers)."""
+  for split in dataset.splits.values():
+    n = len(split)
+    split.region_feats = np.zeros((n, 2, 4), np.float32)
+    split.region_boxes = np.zeros((n, 2, 4), np.float32)
+    split.region_mask = np.ones((n, 2), np.int32)
+  return dataset
+
+
+def tiny_scst_config(workdir: str, **scst_fields):
+  """`tiny_config` with an SCST block for the fake scorer: 4 steps of 4 images x 2 samples."""
+  config = tiny_config(workdir)
+  config.scst = common.scst_block("synthetic", "fake")
+  config.scst.update(**{"total_steps": 4, "images_per_batch": 4, "num_samples": 2,
+                        "max_length": 6, **scst_fields})
+  return config

@@ -61,22 +61,14 @@ def test_nan_features_stop_xe_at_the_step_naming_the_last_good_checkpoint(tmp_pa
 
 
 def test_nan_rewards_stop_scst(tmp_path, monkeypatch):
-  dataset = helpers.tiny_dataset()
-  for split in dataset.splits.values():
-    n = len(split)
-    split.region_feats = np.zeros((n, 2, 4), np.float32)
-    split.region_boxes = np.zeros((n, 2, 4), np.float32)
-    split.region_mask = np.ones((n, 2), np.int32)
+  dataset = helpers.with_regions(helpers.tiny_dataset())
   spec = fake_scorer.SCORER
   nan_score = lambda *args: jnp.full(args[2].shape[:1], jnp.nan)
   monkeypatch.setattr(fake_scorer, "SCORER", type(spec)(**{**spec.__dict__, "score": nan_score}))
   scorer = scoring.LoadedScorer("fake", fake_scorer.SCORER, fake_scorer.Config(),
                                 {"unused": jnp.zeros(())}, dataset.vocab.words, 6)
-  config = helpers.tiny_config(str(tmp_path))
-  from configs import common as config_common  # pylint: disable=g-import-not-at-top
-  config.scst = config_common.scst_block("synthetic", "fake")
-  config.scst.update(total_steps=4, images_per_batch=4, num_samples=2, max_length=6,
-                     log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4)
+  config = helpers.tiny_scst_config(str(tmp_path), log_every_steps=2, eval_every_steps=4,
+                                    checkpoint_every_steps=4)
   init = captioner.init_params(captioner_stage.captioner_config(config, dataset.vocab.size),
                                jax.random.key(0))
   with pytest.raises(training.NonFiniteError, match=r"\[scst\] stopped: a non-finite value at "

@@ -33,9 +33,7 @@ SCORE = jax.jit(rosita.score, static_argnums=1)
 
 @pytest.fixture(scope="module")
 def golden():
-  io = dict(np.load(os.path.join(ASSETS, "rosita_tiny_io.npz")))
-  config, params = rosita.load(CKPT, rosita.tiny_config())
-  return io, config, params
+  return helpers.load_golden(rosita, "rosita", "rosita_tiny.pkl")
 
 
 def golden_inputs(io):

@@ -44,13 +44,7 @@ def _fake_loaded(dataset, max_len=6):
                               {"unused": jnp.zeros(())}, dataset.vocab.words, max_len)
 
 
-def _with_regions(dataset):
-  for split in dataset.splits.values():
-    n = len(split)
-    split.region_feats = np.zeros((n, 2, 4), np.float32)
-    split.region_boxes = np.zeros((n, 2, 4), np.float32)
-    split.region_mask = np.ones((n, 2), np.int32)
-  return dataset
+_with_regions = helpers.with_regions
 
 
 def test_reward_fn_retokenizes_on_device():
@@ -155,14 +149,11 @@ def test_eight_devices_equal_one_device():
 
 def test_scst_stage_resumes_after_an_interruption(tmp_path):
   import json
-  from configs import common
 
   dataset = _with_regions(helpers.tiny_dataset())
   scorer = _fake_loaded(dataset)
-  config = helpers.tiny_config(str(tmp_path))
-  config.scst = common.scst_block("synthetic", "fake")
-  config.scst.update(total_steps=4, images_per_batch=4, num_samples=2, max_length=6,
-                     log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=1)
+  config = helpers.tiny_scst_config(str(tmp_path), log_every_steps=1, eval_every_steps=4,
+                                    checkpoint_every_steps=1)
   init = captioner.init_params(captioner_stage.captioner_config(config, dataset.vocab.size),
                                jax.random.key(0))
   stage_dir = str(tmp_path / "scst")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from scorers import tokens
+from vlprobe_jax.data.vocab import Vocab
 
 BATCH = 64
 
@@ -74,14 +75,7 @@ def hf_reference(case: str, word_ids: np.ndarray, width: int) -> tuple[np.ndarra
   """The HF tokenizer on the joined strings, padded to `width` by hand."""
   table = table_for(case)
   words, fmt = caption_words(), table.fmt
-  texts = []
-  for row in word_ids:
-    caption = []
-    for w in row:
-      if w == 0:
-        break
-      caption.append(words[w])
-    texts.append(fmt.text(" ".join(caption)))
+  texts = [fmt.text(caption) for caption in Vocab(tuple(words)).decode_batch(word_ids)]
   enc = tokenizer_for(CASES[case][0])(
       texts, truncation=True, max_length=min(fmt.max_length, width))["input_ids"]
   ids = np.full((len(texts), width), fmt.pad_id, np.int32)

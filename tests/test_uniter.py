@@ -33,9 +33,7 @@ SCORE = jax.jit(uniter.score, static_argnums=1)
 
 @pytest.fixture(scope="module")
 def golden():
-  io = dict(np.load(os.path.join(ASSETS, "uniter_tiny_io.npz")))
-  config, params = uniter.load(CKPT, uniter.tiny_config())
-  return io, config, params
+  return helpers.load_golden(uniter, "uniter", "uniter_tiny.pt")
 
 
 def golden_inputs(io):

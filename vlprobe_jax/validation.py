@@ -129,7 +129,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _check_cadence(c: _Checker, block: str) -> None:
+def _check_training_block(c: _Checker, block: str) -> None:
+  """What XE and SCST share: the step size, the batch, the length and the cadence."""
+  c.positive(f"{block}.lr")
+  c.at_least(f"{block}.grad_clip", 0)
+  _check_batch(c, f"{block}.images_per_batch")
+  c.int_at_least(f"{block}.total_steps", 0)
+  if c.has(f"{block}.total_steps") and not c.get(f"{block}.total_steps"):
+    c.int_at_least(f"{block}.epochs", 1)
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     c.int_at_least(f"{block}.{field}", 1)
   c.int_at_least(f"{block}.keep_checkpoints", 1)
@@ -162,12 +169,7 @@ def _check_stages(c: _Checker) -> None:
     c.int_at_least(f"captioner.{field}", 1)
   c.fraction("captioner.dropout", high_open=True)
   c.one_of("captioner.dtype", ("float32", "bfloat16"))
-  c.positive("xe.lr")
-  c.at_least("xe.grad_clip", 0)
-  _check_batch(c, "xe.images_per_batch")
-  c.int_at_least("xe.total_steps", 0)
-  if c.has("xe.total_steps") and not config.xe.total_steps:
-    c.int_at_least("xe.epochs", 1)
+  _check_training_block(c, "xe")
   c.int_at_least("xe.lr_decay_every_epochs", 0)
   c.check("xe.lr_decay_rate", lambda v: _is_number(v) and 0 < v <= 1,
           "expected a number > 0 and <= 1")
@@ -176,7 +178,6 @@ def _check_stages(c: _Checker) -> None:
   c.fraction("xe.ss_increase_prob")
   c.fraction("xe.ss_max_prob")
   c.existing_path("xe.init_from", "the XE stage directory to start from")
-  _check_cadence(c, "xe")
   c.one_of("eval.method", ("greedy", "beam"))
   c.int_at_least("eval.beam_size", 1)
   c.int_at_least("eval.max_length", 1)
@@ -201,8 +202,7 @@ def _check_stages(c: _Checker) -> None:
 def _check_scst(c: _Checker) -> None:
   config = c.config
   c.one_of("scst.scorer", tuple(scorers.names()))
-  c.positive("scst.lr")
-  c.at_least("scst.grad_clip", 0)
+  _check_training_block(c, "scst")
   c.one_of("scst.baseline", ("greedy", "mean"))
   c.int_at_least("scst.num_samples", 1)
   if config.scst.get("baseline") == "mean" and config.scst.get("num_samples") == 1:
@@ -211,11 +211,6 @@ def _check_scst(c: _Checker) -> None:
                                "scst.baseline=greedy)")
   c.positive("scst.temperature")
   c.int_at_least("scst.max_length", 1)
-  _check_batch(c, "scst.images_per_batch")
-  c.int_at_least("scst.total_steps", 0)
-  if c.has("scst.total_steps") and not config.scst.total_steps:
-    c.int_at_least("scst.epochs", 1)
-  _check_cadence(c, "scst")
 
 
 def _check_data(c: _Checker) -> None:

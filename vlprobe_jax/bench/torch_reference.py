@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlprobe_jax.data import vocab as vocab_lib
+
 PHASES = ("decode", "strings_tokenize", "score", "update", "full")
 
 
@@ -106,15 +108,7 @@ def decode(model: FCModel, fc_feats: torch.Tensor, max_length: int, *, sample: b
 
 def ids_to_strings(seq: np.ndarray, words: Sequence[str]) -> list[str]:
   """Rows of captioner ids -> space-joined words up to the first 0 (decode_sequence)."""
-  out = []
-  for row in seq:
-    kept = []
-    for word_id in row:
-      if word_id == 0:
-        break
-      kept.append(words[word_id])
-    out.append(" ".join(kept))
-  return out
+  return vocab_lib.Vocab(tuple(words)).decode_batch(seq)
 
 
 class LxmertReference(nn.Module):
