@@ -1,6 +1,7 @@
 """SCST with the CLIP reward: an alias of configs/scst.py:scorer=clip (its docstring says more).
 
-  python launch.py --config=configs/scst_clip.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_clip.py
+  python launch.py --config=configs/scst_clip.py:runlocal
 """
 
 import functools

@@ -1,6 +1,7 @@
 """SCST with the LXMERT reward: an alias of configs/scst.py:scorer=lxmert (its docstring says more).
 
-  python launch.py --config=configs/scst_lxmert.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_lxmert.py
+  python launch.py --config=configs/scst_lxmert.py:runlocal
 """
 
 import functools

@@ -1,6 +1,7 @@
 """SCST with the ROSITA reward: an alias of configs/scst.py:scorer=rosita (its docstring says more).
 
-  python launch.py --config=configs/scst_rosita.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_rosita.py
+  python launch.py --config=configs/scst_rosita.py:runlocal
 """
 
 import functools

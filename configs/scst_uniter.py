@@ -1,6 +1,7 @@
 """SCST with the UNITER reward: an alias of configs/scst.py:scorer=uniter (its docstring says more).
 
-  python launch.py --config=configs/scst_uniter.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_uniter.py
+  python launch.py --config=configs/scst_uniter.py:runlocal
 """
 
 import functools

@@ -1,6 +1,7 @@
 """SCST with the ViLBERT reward: an alias of configs/scst.py:scorer=vilbert (its docstring says more).
 
-  python launch.py --config=configs/scst_vilbert.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_vilbert.py
+  python launch.py --config=configs/scst_vilbert.py:runlocal
 """
 
 import functools

@@ -5,13 +5,13 @@ the module on first use (so `get("clip")` never pays for the others) and checks 
 finds is a `Scorer` of that name. `names()` is the one list of scorer names: the configs, the
 stages and the benchmark read it from here.
 
-Adding a scorer (e.g. `siglip`):
-  1. `scorers/siglip.py`: the Flax `Model` named after the original's modules, its `Config`
+Adding a scorer `<name>`:
+  1. `scorers/<name>.py`: the Flax `Model` named after the original's modules, its `Config`
      (a frozen dataclass with `max_text_len` and `dtype`), `load` for the original checkpoint
      format (strict: `common.torch_to_flax`, Hugging Face directories through
      `common.read_hf_directory`, dropped keys in `IGNORED_KEYS`), and `SCORER = Scorer(...)`
      (ITM models get `score`, `pretrain_loss` and `init_params` from `common.itm_functions`);
-  2. `tests/test_siglip.py`: parity with the original at stated tolerances; the contract tests
+  2. `tests/test_<name>.py`: parity with the original at stated tolerances; the contract tests
      (`tests/test_scorers_contract.py`) and the re-tokenization property tests pick the new
      scorer up from the registry by themselves;
   3. one line in `_MODULES` below.

@@ -34,7 +34,7 @@ def benchmark_words(num_words: int, multi_piece_fraction: float, seed: int = 0) 
   WordPiece and some are several; the CLIP BPE split follows from the same words.
   """
   if num_words < 2 or not 0.0 <= multi_piece_fraction <= 1.0:
-    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words}, multi_piece_fraction="
+    raise ValueError(f"vlprobe_jax/bench/run.py: vocab_words={num_words}, multi_piece_fraction="
                      f"{multi_piece_fraction}; expected >= 2 words and a fraction in [0, 1].")
   with open(tokens.BERT_UNCASED_VOCAB, encoding="utf-8") as f:
     bert = [line.rstrip("\n") for line in f]
@@ -42,7 +42,7 @@ def benchmark_words(num_words: int, multi_piece_fraction: float, seed: int = 0) 
   content = num_words - 1
   num_compounds = int(round(content * multi_piece_fraction))
   if content - num_compounds > len(whole):
-    raise ValueError(f"vlprobe_jax/bench.py: vocab_words={num_words} needs more whole words than "
+    raise ValueError(f"vlprobe_jax/bench/run.py: vocab_words={num_words} needs more whole words than "
                      f"the {len(whole)} in {tokens.BERT_UNCASED_VOCAB}; lower vocab_words.")
   common = [w for w in whole[:3000] if len(w) >= 3]
   taken, compounds = set(bert), []
