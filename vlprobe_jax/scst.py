@@ -192,9 +192,10 @@ class SCSTTask(captioner_stage.CaptionerTask):
       self.scorer_params = devices_lib.replicate(self.scorer.params, self.devices)
       if self.cached:
         self.train_images = self.scorer.image_inputs(self.dataset["train"])
-      print(f"[scst] reward: {self.scorer.name} match score; {scfg.images_per_batch} images x "
-            f"{scfg.num_samples} samples a step, baseline {scfg.baseline}, "
-            f"{self.total_steps} steps", flush=True)
+      if jax.process_index() == 0:
+        print(f"[scst] reward: {self.scorer.name} match score; {scfg.images_per_batch} images "
+              f"x {scfg.num_samples} samples a step, baseline {scfg.baseline}, "
+              f"{self.total_steps} steps", flush=True)
     return super().place(state)
 
   def gather(self, rows):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import jax
@@ -30,6 +29,7 @@ from flax.training import train_state
 
 from vlprobe_jax import checkpoints
 from vlprobe_jax import progress as progress_lib
+from vlprobe_jax.data import pipeline
 
 AXIS = "batch"  # The pmap axis of the captioner steps.
 
@@ -86,8 +86,8 @@ class Task(Protocol):
   def initial_state(self) -> TrainState:
     """The host state a fresh run starts from (random init, or the stage it continues)."""
 
-  def batches(self, start_step: int, stop_step: int) -> Iterable:
-    """The batches of steps start_step .. stop_step - 1, device-ready (a BatchIterator)."""
+  def batches(self, start_step: int, stop_step: int) -> pipeline.BatchIterator:
+    """The batches of steps start_step .. stop_step - 1, device-ready."""
 
   def place(self, state: TrainState) -> Any:
     """Host state -> the state the step takes (e.g. replicated over the devices)."""
@@ -153,8 +153,9 @@ def train(task: Task, *, max_steps_this_run: int | None = None) -> StageResult:
 def _run_steps(task: Task, ckpt: checkpoints.StageCheckpoints, state: TrainState, start: int,
                stop: int, is_main: bool) -> TrainState:
   """Steps start .. stop - 1; returns the host state after the last one."""
-  writer = progress_lib.MetricWriter(task.stage_dir, resume_step=start, enabled=is_main)
   placed = task.place(state)
+  batches = task.batches(start, stop)
+  writer = progress_lib.MetricWriter(task.stage_dir, resume_step=start, enabled=is_main)
   progress = progress_lib.Progress(task.label, task.total_steps, start, enabled=is_main)
   first_bad = jnp.asarray(-1, jnp.int32)
   measurements: dict = {}
@@ -165,7 +166,6 @@ def _run_steps(task: Task, ckpt: checkpoints.StageCheckpoints, state: TrainState
       _stop_nonfinite(task, ckpt, measurements, bad, done)
 
   try:
-    batches = task.batches(start, stop)
     for step, batch in zip(range(start, stop), batches):
       placed, measurements = task.train_step(placed, batch, step)
       first_bad = _first_nonfinite(first_bad, _local(measurements), jnp.asarray(step + 1))
@@ -192,9 +192,7 @@ def _run_steps(task: Task, ckpt: checkpoints.StageCheckpoints, state: TrainState
         ckpt.save_latest(done, task.fetch(placed))
     return task.fetch(placed)
   finally:
-    close = getattr(batches, "close", None) if "batches" in locals() else None
-    if close is not None:
-      close()
+    batches.close()
     writer.close()
 
 
