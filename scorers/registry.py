@@ -34,6 +34,7 @@ _MODULES = {
     "uniter": "scorers.uniter",
     "rosita": "scorers.rosita",
     "vilbert": "scorers.vilbert",
+    "siglip": "scorers.siglip",
 }
 
 
