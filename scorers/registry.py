@@ -35,6 +35,7 @@ _MODULES = {
     "rosita": "scorers.rosita",
     "vilbert": "scorers.vilbert",
     "siglip": "scorers.siglip",
+    "blip_itm": "scorers.blip_itm",
 }
 
 

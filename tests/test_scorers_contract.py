@@ -76,8 +76,8 @@ def test_pretrain_loss_has_gradients(name):
 
 
 def test_unknown_scorer_lists_known_ones():
-  with pytest.raises(KeyError, match="Known scorers: clip, lxmert, rosita, siglip, uniter, "
-                     "vilbert"):
+  with pytest.raises(KeyError, match="Known scorers: blip_itm, clip, lxmert, rosita, siglip, "
+                     "uniter, vilbert"):
     scorers.get("blip2")
 
 

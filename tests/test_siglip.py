@@ -163,20 +163,15 @@ def test_parity_with_transformers(hf_checkpoint):
 
 
 def test_padding_is_part_of_the_input(hf_default):
-  """Without the mask the padding is attended to, so only the full 64-style width is right:
-  `score` pads any narrower text back to max_text_len, and a different pad id changes it."""
+  """Without the mask the padding is attended to: `score` pads any narrower text back to
+  max_text_len (the parity test compares 11 tokens with transformers' 24), with `pad_id`, and
+  another pad id changes the score."""
   _, _, _, config, params = hf_default
   ids, mask, pixels = _batch()
   images = siglip.image_inputs(params, config, {"pixels": pixels})
-  narrow = siglip.score(params, config, ids, mask, images)
-  full_ids = np.full((N, CONTEXT), PAD, np.int32)
-  full_ids[:, :LENGTH] = ids
-  full_mask = np.zeros_like(full_ids)
-  full_mask[:, :LENGTH] = mask
-  wide = siglip.score(params, config, full_ids, full_mask, images)
-  np.testing.assert_allclose(narrow, wide, rtol=0, atol=1e-4)
+  padded = siglip.score(params, config, ids, mask, images)
   other_pad = siglip.score(params, dataclasses.replace(config, pad_id=5), ids, mask, images)
-  assert np.abs(np.asarray(other_pad) - np.asarray(narrow)).max() > 1e-3
+  assert np.abs(np.asarray(other_pad) - np.asarray(padded)).max() > 1e-3
   with pytest.raises(ValueError, match="max_text_len"):
     siglip.embed_texts(params, config, np.ones((1, CONTEXT + 1), np.int32),
                        np.ones((1, CONTEXT + 1), np.int32))
