@@ -182,7 +182,21 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> Config
 
 
 def _check_tokenizer(config: Config, spm_path: str) -> None:
-  """The tokenizer's end/pad token must be the one the model pads with (`Config.pad_id`)."""
+  """The SentencePiece model must keep pieces inside words (the re-tokenization tables
+  concatenate per-word pieces), and its end/pad token must be `Config.pad_id`."""
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(spm_path, "rb") as f:
+    proto.ParseFromString(f.read())
+  if (not proto.trainer_spec.split_by_whitespace or proto.trainer_spec.treat_whitespace_as_suffix
+      or not proto.normalizer_spec.add_dummy_prefix):
+    raise ValueError(
+        f"{spm_path}: split_by_whitespace={proto.trainer_spec.split_by_whitespace}, "
+        f"treat_whitespace_as_suffix={proto.trainer_spec.treat_whitespace_as_suffix}, "
+        f"add_dummy_prefix={proto.normalizer_spec.add_dummy_prefix}; the on-device "
+        "re-tokenization needs True, False, True (pieces that start at a word and never cross "
+        "a space, as in SigLIP's T5 model). This is not SigLIP's SentencePiece model.")
   tok = tokens.siglip_tokenizer(spm_path)
   if tok.eos_token_id != config.pad_id or tok.pad_token_id != config.pad_id:
     raise ValueError(f"{spm_path}: end token id {tok.eos_token_id}, pad id {tok.pad_token_id}; "

@@ -210,6 +210,15 @@ def test_load_errors(hf_default, tmp_path):
     siglip.load(directory, wrong)
   message = str(error.value)
   assert "text_model.embeddings.token_embedding.weight: (1000, 32), expects (1000, 64)" in message
+  # A SentencePiece model whose pieces may cross spaces cannot be re-tokenized per word.
+  from sentencepiece import sentencepiece_model_pb2
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString((tmp_path / "spiece.model").read_bytes())
+  proto.trainer_spec.split_by_whitespace = False
+  (tmp_path / "spiece.model").write_bytes(proto.SerializeToString())
+  with pytest.raises(ValueError, match="split_by_whitespace=False"):
+    siglip.load(str(tmp_path))
+  shutil.copy(tokens.SIGLIP_TEST_SPM, tmp_path / "spiece.model")
   state = dict(model.state_dict())
   del state["vision_model.head.attention.in_proj_bias"]
   state["text_model.pooler.weight"] = torch.zeros(2, 2)
