@@ -34,6 +34,8 @@ _MODULES = {
     "uniter": "scorers.uniter",
     "rosita": "scorers.rosita",
     "vilbert": "scorers.vilbert",
+    "siglip": "scorers.siglip",
+    "blip_itm": "scorers.blip_itm",
 }
 
 

@@ -1,8 +1,9 @@
 """Re-tokenizing captioner word ids into a scorer's token ids, on the device.
 
 The captioner speaks a closed vocabulary (`Vocab.words`, id 0 = EOS/PAD). Every scorer wants
-its own sub-word ids: BERT WordPiece (uncased for LXMERT, ViLBERT and ROSITA; cased for UNITER)
-or CLIP's byte-level BPE. BERT's basic tokenizer and CLIP's pre-tokenizer regex both split on
+its own sub-word ids: BERT WordPiece (uncased for LXMERT, ViLBERT, ROSITA and BLIP; cased for
+UNITER), CLIP's byte-level BPE, or SigLIP's SentencePiece. BERT's basic tokenizer, CLIP's
+pre-tokenizer regex and SentencePiece (whose pieces never cross whitespace) all split on
 whitespace before anything else, so tokenizing the space-joined caption is the same as
 concatenating the tokenizations of its words. We therefore tokenize every captioner word once,
 on the host, with the real Hugging Face tokenizer (`build_table`), and assemble the scorer's
@@ -13,7 +14,8 @@ inside the SCST step.
 `TextFormat` is static metadata, so the table can be passed to a jitted function as an argument
 or closed over as a constant; both give the same program.
 
-The tokenizer files ship in `scorers/assets/` (see `LICENSES.md` there); nothing is downloaded.
+The tokenizer files ship in `scorers/assets/` (see `LICENSES.md` there), or, for SigLIP, come from
+the user's checkpoint directory (`spiece.model`); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 BERT_UNCASED_VOCAB = os.path.join(ASSETS, "bert-base-uncased-vocab.txt")
 BERT_CASED_VOCAB = os.path.join(ASSETS, "bert-base-cased-vocab.txt")
 CLIP_BPE = os.path.join(ASSETS, "clip-bpe_simple_vocab_16e6.txt.gz")
+# A 1,000-piece stand-in for SigLIP's `spiece.model` (tests/assets/make_siglip_spm.py); real
+# checkpoints bring their own file.
+SIGLIP_TEST_SPM = os.path.join(ASSETS, "siglip-test-spiece.model")
+SIGLIP_CONTEXT = 64
+# BLIP adds two tokens to bert-base-uncased (`models/blip.py: init_tokenizer`): the decoder's
+# BOS and the token its image-grounded text encoder puts first for ITM.
+BLIP_DEC, BLIP_ENC = "[DEC]", "[ENC]"
 
 # The CLIP BPE file holds more merges than CLIP uses: its vocabulary is 49,408 = 256 byte
 # symbols + the same 256 with `</w>` + 48,894 merges + 2 specials (openai/CLIP simple_tokenizer).
@@ -74,6 +83,43 @@ def bert_tokenizer(cased: bool = False, vocab_path: str | None = None):
   _require_file(path, "BERT vocabulary")
   # transformers 5.x silently ignores `vocab_file=`; the path goes in as `vocab`.
   return transformers.BertTokenizer(path, do_lower_case=not cased, model_max_length=512)
+
+
+def blip_tokenizer(vocab_path: str | None = None):
+  """BLIP's tokenizer: bert-base-uncased plus `[DEC]` (30522) and `[ENC]` (30523).
+
+  Added in that order, as BLIP's `init_tokenizer` does (`bos_token` "[DEC]", then the additional
+  special token "[ENC]"), so a 30,522-line vocabulary gives the ids of the released models
+  (text vocab_size 30,524). The tokenizer itself still frames text as [CLS] ... [SEP]; the ITM
+  path replaces [CLS] by [ENC] (scorers/blip_itm.py).
+  """
+  tokenizer = bert_tokenizer(cased=False, vocab_path=vocab_path)
+  tokenizer.add_special_tokens({"bos_token": BLIP_DEC})
+  tokenizer.add_special_tokens({"additional_special_tokens": [BLIP_ENC]})
+  return tokenizer
+
+
+def siglip_tokenizer(spm_path: str | None = None):
+  """SigLIP's Hugging Face `SiglipTokenizer` (SentencePiece) from a local `spiece.model`.
+
+  Args:
+    spm_path: the checkpoint's `spiece.model`; default the 1,000-piece test model in
+      `scorers/assets/` (the synthetic world's tokenizer).
+
+  Returns:
+    a `transformers.SiglipTokenizer`: lower-cases, deletes ASCII punctuation, collapses
+    whitespace, appends `</s>` (no BOS) and pads with `</s>`; 64-token context.
+  """
+  import transformers  # Host-only.
+  path = spm_path or SIGLIP_TEST_SPM
+  _require_file(path, "SentencePiece model")
+  try:
+    import sentencepiece  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as error:
+    raise ImportError("scorers/tokens.py: SigLIP's tokenizer needs the `sentencepiece` package "
+                      "(pip install sentencepiece).") from error
+  # Positional: transformers 5.x silently ignores `vocab_file=`.
+  return transformers.SiglipTokenizer(path, model_max_length=SIGLIP_CONTEXT)
 
 
 def _byte_symbols() -> list[str]:
@@ -129,7 +175,8 @@ class TextFormat:
   """How a scorer frames a caption: specials, padding, truncation, prompt, cleaning.
 
   Attributes:
-    bos_id: the id put first ([CLS] for BERT, <|startoftext|> for CLIP).
+    bos_id: the id put first ([CLS] for BERT, <|startoftext|> for CLIP, [ENC] for BLIP's ITM);
+      unused when `add_bos` is False.
     eos_id: the id put after the last kept token ([SEP], <|endoftext|>).
     pad_id: the id of padding slots ([PAD] = 0 for BERT; HF CLIP pads with <|endoftext|>,
       openai's `clip.tokenize` with 0).
@@ -138,6 +185,7 @@ class TextFormat:
     prompt: text put before every caption, tokenized as HF tokenizes `prompt + " " + caption`
       (e.g. "A photo depicts"); "" for none.
     strip_punctuation: apply ROSITA's cleaning (`strip_punctuation`) to the text first.
+    add_bos: False for tokenizers that only append an end token (SigLIP's `... </s>`).
   """
   bos_id: int
   eos_id: int
@@ -145,11 +193,17 @@ class TextFormat:
   max_length: int
   prompt: str = ""
   strip_punctuation: bool = False
+  add_bos: bool = True
 
   def __post_init__(self):
-    if self.max_length < 2:
-      raise ValueError(f"TextFormat.max_length must be >= 2 to hold the two specials; found "
-                       f"{self.max_length}.")
+    if self.max_length < self.num_specials:
+      raise ValueError(f"TextFormat.max_length must be >= {self.num_specials} to hold the "
+                       f"specials; found {self.max_length}.")
+
+  @property
+  def num_specials(self) -> int:
+    """Special tokens around the content: BOS (if any) and EOS."""
+    return 2 if self.add_bos else 1
 
   def text(self, caption: str) -> str:
     """The string the host-side tokenizer sees for `caption` (for tests and debugging)."""
@@ -159,18 +213,22 @@ class TextFormat:
 
 def text_format(tokenizer, max_length: int, *, prompt: str = "",
                 strip_punctuation: bool = False, pad_id: int | None = None) -> TextFormat:
-  """A `TextFormat` with the specials of `tokenizer` ([CLS]/[SEP]/[PAD] or SOT/EOT/pad)."""
+  """A `TextFormat` with the specials of `tokenizer` ([CLS]/[SEP]/[PAD], SOT/EOT/pad, or only
+  SigLIP's </s>, read from what the tokenizer puts around an empty text)."""
+  add_bos = len(tokenizer("")["input_ids"]) == 2
   if getattr(tokenizer, "cls_token", None) is not None:
     bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
   else:
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+  if not add_bos:
+    bos = eos
   pad = tokenizer.pad_token_id if pad_id is None else pad_id
   if bos is None or eos is None or pad is None:
     raise ValueError(
         f"scorers/tokens.py: tokenizer {type(tokenizer).__name__} lacks a start, end or pad "
         f"token (found bos={bos}, eos={eos}, pad={pad}); build the TextFormat by hand.")
   return TextFormat(bos_id=int(bos), eos_id=int(eos), pad_id=int(pad), max_length=max_length,
-                    prompt=prompt, strip_punctuation=strip_punctuation)
+                    prompt=prompt, strip_punctuation=strip_punctuation, add_bos=add_bos)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +309,7 @@ def unrepresentable_words(words: Sequence[str], tokenizer, fmt: TextFormat) -> l
 
 def max_width(table: RetokTable, caption_length: int) -> int:
   """The smallest width that holds any caption of `caption_length` words, capped by max_length."""
-  needed = 2 + table.prompt_length + caption_length * table.max_pieces
+  needed = table.fmt.num_specials + table.prompt_length + caption_length * table.max_pieces
   return min(table.fmt.max_length, needed)
 
 
@@ -271,23 +329,25 @@ def retokenize(table: RetokTable, word_ids: jax.Array,
       the captions as HF would with max_length = width.
 
   Returns:
-    ids: [..., W] int32, BOS, prompt, caption pieces, EOS, then padding.
+    ids: [..., W] int32, BOS (unless `fmt.add_bos` is False), prompt, caption pieces, EOS,
+      then padding.
     mask: [..., W] int32, 1 up to and including EOS, 0 on padding.
   """
   fmt = table.fmt
   *batch, length = word_ids.shape
   width = max_width(table, length) if width is None else int(width)
-  if width < 2:
-    raise ValueError(f"scorers/tokens.py retokenize: width must be >= 2 to hold the specials; "
-                     f"found {width}.")
+  if width < fmt.num_specials:
+    raise ValueError(f"scorers/tokens.py retokenize: width must be >= {fmt.num_specials} to "
+                     f"hold the specials; found {width}.")
   rows = int(np.prod(batch, dtype=np.int64))
   if length == 0:  # No words at all: the same as one EOS column.
     words = jnp.zeros((rows, 1), jnp.int32)
   else:
     words = jnp.asarray(word_ids, jnp.int32).reshape(rows, length)
   # Content = prompt + caption pieces; HF keeps the first budget of them.
-  budget = min(fmt.max_length, width) - 2
+  budget = min(fmt.max_length, width) - fmt.num_specials
   num_prompt = table.prompt_length
+  first = 1 if fmt.add_bos else 0  # the slot of the first content token
 
   # The table may hold numpy arrays (a closed-over constant); index them as jax arrays.
   pieces, npieces = jnp.asarray(table.pieces), jnp.asarray(table.npieces)
@@ -299,7 +359,7 @@ def retokenize(table: RetokTable, word_ids: jax.Array,
   kept = jnp.minimum(num_prompt + ends[:, -1], budget)            # [N] content tokens kept
 
   slot = jnp.arange(width, dtype=jnp.int32)
-  piece_index = slot - 1 - num_prompt                             # [W] index among caption pieces
+  piece_index = slot - first - num_prompt                         # [W] index among caption pieces
   # The word holding caption piece c is the number of words that end at or before c.
   owner = jnp.sum(ends[:, None, :] <= piece_index[None, :, None], axis=-1)
   owner = jnp.minimum(owner, words.shape[1] - 1)                  # [N, W]
@@ -309,10 +369,11 @@ def retokenize(table: RetokTable, word_ids: jax.Array,
   ids = pieces[owner_word, within]                                # [N, W]
 
   if num_prompt:
-    prompt_tok = jnp.asarray(table.prompt_ids)[jnp.clip(slot - 1, 0, num_prompt - 1)]
-    ids = jnp.where((slot >= 1) & (slot <= num_prompt), prompt_tok[None, :], ids)
-  eos_slot = (kept + 1)[:, None]
-  ids = jnp.where(slot[None, :] == 0, fmt.bos_id, ids)
+    prompt_tok = jnp.asarray(table.prompt_ids)[jnp.clip(slot - first, 0, num_prompt - 1)]
+    ids = jnp.where((slot >= first) & (slot < first + num_prompt), prompt_tok[None, :], ids)
+  eos_slot = (kept + first)[:, None]
+  if fmt.add_bos:
+    ids = jnp.where(slot[None, :] == 0, fmt.bos_id, ids)
   ids = jnp.where(slot[None, :] == eos_slot, fmt.eos_id, ids)
   ids = jnp.where(slot[None, :] > eos_slot, fmt.pad_id, ids)
   mask = (slot[None, :] <= eos_slot).astype(jnp.int32)

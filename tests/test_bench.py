@@ -199,3 +199,62 @@ def test_runlocal_smoke_of_the_scorers_without_a_reference(scorer, tmp_path, cap
   assert expected in result["torch_skipped"] and expected in printed
   assert all(_finite(v) for v in result["jax"]["measurements"].values())
   assert result["dtype_check"]["captions"] == 12
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("scorer", ["siglip", "blip_itm"])
+def test_torch_reference_scores_like_the_flax_scorer(scorer, tmp_path, one_torch_thread):
+  """The reference pipeline's SigLIP / BLIP (image side once, then per caption, with their own
+  padding and [ENC]) gives the Flax scorer's scores on the same weights, to 1e-3 of 100."""
+  import shutil
+  import torch
+  import scorers
+  from vlprobe_jax.bench import torch_reference as bench_torch
+  spec = scorers.get(scorer)
+  reference = bench_torch._SCORERS[scorer](spec.tiny_config()).eval()  # pylint: disable=protected-access
+  reference.model.save_pretrained(str(tmp_path))
+  if scorer == "siglip":
+    shutil.copy(tokens.SIGLIP_TEST_SPM, tmp_path / "spiece.model")
+  config, params = spec.load(str(tmp_path))
+  tokenizer, fmt = spec.tokenizer(config), spec.text_format(config)
+  captions = ["a red circle above a blue square", "two small stars", "", "a big green cross"]
+  encoded = tokenizer(captions, padding=reference.padding, truncation=True,
+                      max_length=fmt.max_length, return_tensors="np")
+  ids = np.asarray(encoded["input_ids"], np.int32)
+  mask = np.asarray(encoded["attention_mask"], np.int32)
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (4, config.image_size, config.image_size, 3), np.uint8)
+  with torch.no_grad():
+    images = reference.encode_images({"pixels": torch.from_numpy(pixels)})
+    expected = reference(torch.from_numpy(ids.astype(np.int64)),
+                         torch.from_numpy(mask.astype(np.int64)), images).numpy()
+  ours = spec.score(params, config, ids, mask, spec.image_inputs(params, config,
+                                                                 {"pixels": pixels}))
+  np.testing.assert_allclose(np.asarray(ours), expected, rtol=0, atol=1e-3)
+
+
+def test_runlocal_smoke_of_a_pixel_scorer(tmp_path, capsys, one_torch_thread):
+  """BLIP reads pixels: the image side (vision tower and every layer's cross K/V) runs once per
+  image in the step, and its transformers model is the reference. (SigLIP goes the same way
+  through the benchmark; its reference model is checked just above.)"""
+  scorer = "blip_itm"
+  config = bench_reward.get_config(f"scorer={scorer},runlocal")
+  config.workdir = str(tmp_path)
+  config.dtype_check = False  # The generic check; the smoke tests above cover it.
+  summary = bench.run(config)
+  printed = capsys.readouterr().out
+  assert summary["image_inputs"].startswith("computed")
+  (result,) = summary["results"]
+  parts = result["jax"]["parts"]
+  assert set(parts) == {"full", "decode", "reward", "score", "update", "image_side"}
+  assert all(parts[name]["ms_per_step"] > 0 for name in ("full", "decode", "reward", "score"))
+  assert all(_finite(v) for v in result["jax"]["measurements"].values())
+  if not HAS_TORCH:
+    assert result["torch"] is None
+    return
+  reference = result["torch"]
+  assert reference["scorer"] == "BlipForImageTextRetrieval"
+  assert reference["text_width"] == 35  # BLIP's code pads to max_length=35.
+  assert all(p["ms_per_step"] > 0 for p in reference["parts"].values())
+  assert all(_finite(r) and r > 0 for r in result["ratio"].values())
+  assert "ratio jax/torch" in printed

@@ -18,7 +18,9 @@ from vlprobe_jax import scorer_pretrain as pretrain
 from vlprobe_jax import training
 from vlprobe_jax.data import synthetic
 
-ITM_SCORERS = [name for name in scorers.names() if scorers.get(name).objective == "itm"]
+# ITM scorers that read region features (BLIP's ITM head reads pixels: nothing to fold).
+ITM_SCORERS = [name for name in scorers.names() if scorers.get(name).objective == "itm"
+               and scorers.get(name).image_kind == "regions"]
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,9 @@ def test_pretrain_loss_has_gradients(name):
 
 
 def test_unknown_scorer_lists_known_ones():
-  with pytest.raises(KeyError, match="Known scorers: clip, lxmert, rosita, uniter, vilbert"):
-    scorers.get("blip")
+  with pytest.raises(KeyError, match="Known scorers: blip_itm, clip, lxmert, rosita, siglip, "
+                     "uniter, vilbert"):
+    scorers.get("blip2")
 
 
 def test_a_module_without_a_scorer_object_is_refused():

@@ -7,6 +7,7 @@ after the first 0, default and narrower widths, and compare `retokenize` (jitted
 `tokenizer(text, truncation=True, max_length=...)` token for token: exact equality.
 """
 
+import dataclasses
 import functools
 
 import hypothesis
@@ -47,24 +48,35 @@ def caption_words() -> tuple[str, ...]:
 def tokenizer_for(kind: str):
   if kind == "clip":
     return tokens.clip_tokenizer()
+  if kind == "siglip":
+    return tokens.siglip_tokenizer()
+  if kind == "blip":
+    return tokens.blip_tokenizer()
   return tokens.bert_tokenizer(cased=(kind == "bert_cased"))
 
 
-# name -> (tokenizer kind, max_length, prompt, strip_punctuation): the scorers' settings.
+# name -> (tokenizer kind, max_length, prompt, strip_punctuation, first token): the scorers'
+# settings. "first token" replaces the tokenizer's first id, as BLIP's ITM path does with [ENC].
 CASES = {
-    "bert_uncased": ("bert_uncased", 20, "", False),     # LXMERT
-    "bert_cased": ("bert_cased", 60, "", False),         # UNITER
-    "clip": ("clip", 77, "", False),                     # CLIP
-    "clip_prompt": ("clip", 32, "A photo depicts", False),  # CLIP-S with its prompt, short
-    "rosita": ("bert_uncased", 30, "", True),            # ROSITA
+    "bert_uncased": ("bert_uncased", 20, "", False, None),     # LXMERT
+    "bert_cased": ("bert_cased", 60, "", False, None),         # UNITER
+    "clip": ("clip", 77, "", False, None),                     # CLIP
+    "clip_prompt": ("clip", 32, "A photo depicts", False, None),  # CLIP-S with its prompt, short
+    "rosita": ("bert_uncased", 30, "", True, None),            # ROSITA
+    # SigLIP: SentencePiece, lower-cased, ASCII punctuation deleted, `... </s>` without BOS.
+    "siglip": ("siglip", 64, "", False, None),
+    "siglip_prompt": ("siglip", 16, "A photo of", False, None),
+    "blip_itm": ("blip", 35, "", False, tokens.BLIP_ENC),      # BLIP: [ENC] words [SEP]
 }
 
 
 @functools.lru_cache(maxsize=None)
 def table_for(case: str) -> tokens.RetokTable:
-  kind, max_length, prompt, strip = CASES[case]
+  kind, max_length, prompt, strip, first = CASES[case]
   tok = tokenizer_for(kind)
   fmt = tokens.text_format(tok, max_length, prompt=prompt, strip_punctuation=strip)
+  if first is not None:
+    fmt = dataclasses.replace(fmt, bos_id=tok.convert_tokens_to_ids(first))
   return tokens.build_table(caption_words(), tok, fmt)
 
 
@@ -84,6 +96,8 @@ def hf_reference(case: str, word_ids: np.ndarray, width: int) -> tuple[np.ndarra
     assert len(row) <= width, f"HF gave {len(row)} tokens for {texts[i]!r}; width is {width}"
     ids[i, :len(row)] = row
     mask[i, :len(row)] = 1
+  if CASES[case][4] is not None:  # BLIP's ITM: `encoder_input_ids[:, 0] = enc_token_id`.
+    ids[:, 0] = fmt.bos_id
   return ids, mask
 
 
@@ -133,7 +147,7 @@ def test_over_long_and_empty_captions(case):
   ids, mask = _retokenize(table, word_ids)
   want_ids, want_mask = hf_reference(case, word_ids, tokens.max_width(table, LENGTH))
   assert want_mask[0].sum() == table.fmt.max_length  # really over-long
-  assert want_mask[1].sum() == 2 + table.prompt_length
+  assert want_mask[1].sum() == table.fmt.num_specials + table.prompt_length
   np.testing.assert_array_equal(np.asarray(ids), want_ids)
   np.testing.assert_array_equal(np.asarray(mask), want_mask)
 

@@ -138,11 +138,16 @@ def build(config, devices) -> Setup:
 
 
 def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Random scorer inputs per image: CLIP unit embeddings, else 36 regions x 2048 with boxes."""
+  """Random scorer inputs per image: CLIP unit embeddings; SigLIP and BLIP uint8 pixels at the
+  model's input size (the data pipeline's resize done, the on-device transform still to do);
+  else 36 regions x 2048 with boxes."""
   if setup.name == "clip":
     embeds = rng.normal(size=(num_images, setup.scorer.config.projection_dim))
     return {"image_embeds": (embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
                              ).astype(np.float32)}
+  if setup.spec.image_kind == "pixels":
+    size = setup.scorer.config.image_size
+    return {"pixels": rng.integers(0, 256, (num_images, size, size, 3), np.uint8)}
   shape = (num_images, NUM_REGIONS)
   feats = rng.normal(size=shape + (getattr(setup.scorer.config, "visual_feat_dim", 2048),))
   corner, size = rng.uniform(0.0, 0.7, shape + (2,)), rng.uniform(0.1, 0.3, shape + (2,))

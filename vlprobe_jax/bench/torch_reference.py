@@ -8,14 +8,19 @@ shared/REFERENCE.md 1.3, 1.6, 1.8 and 5), written here from those facts:
      `torch.multinomial` on the device and an early exit once every row has ended (a host sync
      per step);
   2. the ids go to the CPU and become strings (vocabulary words joined by spaces);
-  3. the scorer's Hugging Face fast tokenizer (the same one `scorers/tokens.py` builds from the
-     bundled files) turns them into ids on the CPU, padded to the longest caption, and they go
-     back to the device;
+  3. the scorer's Hugging Face tokenizer (the same one `scorers/tokens.py` builds from the
+     bundled files; fast for BERT and CLIP, SentencePiece for SigLIP) turns them into ids on the
+     CPU, padded to the longest caption (SigLIP and BLIP: to their `max_length`, as their own
+     code pads), and they go back to the device;
   4. the PyTorch scorer from `transformers` (random init) scores greedy and samples in one call,
      under bf16 autocast when the JAX side computes in bf16: LXMERT = `LxmertForPreTraining`
      backbone + `cls.seq_relationship` (the masked-LM head it would also run is skipped, which
      only flatters the reference), 100 x softmax[:, 1]; CLIP = `CLIPTextModelWithProjection`,
-     100 x cosine with cached unit image embeddings;
+     100 x cosine with cached unit image embeddings; SigLIP = `SiglipModel`, image embeddings
+     once per image from the pixels, then 100 x sigmoid(logit) per caption; BLIP =
+     `BlipForImageTextRetrieval`'s ITM path, patch embeddings once per image, the text encoder
+     (cross-attention K/V projected per caption, as transformers does) with [ENC] first,
+     100 x softmax[:, 1];
   5. reward = score(sample) - score(greedy); RewardCriterion loss; backward; gradients clipped by
      value; Adam.
 Float32 matrix products may use TF32 (`set_float32_matmul_precision("high")`), as XLA's default
@@ -155,7 +160,90 @@ class ClipReference(nn.Module):
     return 100.0 * (embeds * images["image_embeds"]).sum(dim=-1)
 
 
-_SCORERS = {"lxmert": LxmertReference, "clip": ClipReference}
+def _normalise(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+  """[N, S, S, 3] uint8 at the model's size -> [N, 3, S, S] float, (x / 255 - mean) / std."""
+  x = pixels.permute(0, 3, 1, 2).float() / 255.0
+  return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
+
+
+class SiglipReference(nn.Module):
+  """SigLIP score, 100 x sigmoid(exp(logit_scale) cos + logit_bias), in transformers.
+
+  Captions padded to max_length and no attention mask (`Config.text_mask=False`): SigLIP pools
+  the last position, so padding is part of the input, as in its training.
+  """
+  padding = "max_length"
+
+  def __init__(self, config):
+    super().__init__()
+    import transformers  # pylint: disable=import-outside-toplevel
+    text = dict(vocab_size=config.vocab_size, hidden_size=config.text_width,
+                intermediate_size=config.text_mlp, num_hidden_layers=config.text_layers,
+                num_attention_heads=config.text_heads,
+                max_position_embeddings=config.context_length, hidden_act=config.hidden_act,
+                layer_norm_eps=config.layer_norm_eps, projection_size=config.projection_size)
+    vision = dict(hidden_size=config.vision_width, intermediate_size=config.vision_mlp,
+                  num_hidden_layers=config.vision_layers,
+                  num_attention_heads=config.vision_heads, image_size=config.image_size,
+                  patch_size=config.patch_size, hidden_act=config.hidden_act,
+                  layer_norm_eps=config.layer_norm_eps)
+    self.text_mask = config.text_mask
+    self.model = transformers.SiglipModel(
+        transformers.SiglipConfig(text_config=text, vision_config=vision))
+
+  def encode_images(self, images):
+    pixel_values = _normalise(images["pixels"], (0.5,) * 3, (0.5,) * 3)
+    embeds = self.model.vision_model(pixel_values=pixel_values).pooler_output.float()
+    return {"image_embeds": embeds / embeds.norm(dim=-1, keepdim=True)}
+
+  def forward(self, ids, mask, images):
+    text = self.model.text_model(input_ids=ids, attention_mask=mask if self.text_mask else None)
+    embeds = text.pooler_output.float()
+    cos = ((embeds / embeds.norm(dim=-1, keepdim=True)) * images["image_embeds"]).sum(dim=-1)
+    logits = cos * self.model.logit_scale.exp() + self.model.logit_bias
+    return 100.0 * torch.sigmoid(logits)
+
+
+class BlipItmReference(nn.Module):
+  """BLIP ITM score, 100 x softmax(itm_head(text_encoder(...)[:, 0]))[:, 1], in transformers."""
+  padding = "max_length"
+
+  def __init__(self, config):
+    super().__init__()
+    import transformers  # pylint: disable=import-outside-toplevel
+    text = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads, max_position_embeddings=config.max_position,
+                encoder_hidden_size=config.vision_width)
+    vision = dict(hidden_size=config.vision_width, intermediate_size=config.vision_mlp,
+                  num_hidden_layers=config.vision_layers,
+                  num_attention_heads=config.vision_heads, image_size=config.image_size,
+                  patch_size=config.patch_size, hidden_act=config.hidden_act,
+                  layer_norm_eps=config.vision_eps)
+    self.first = config.enc_token_id if config.first_token == "enc" else None
+    self.model = transformers.BlipForImageTextRetrieval(
+        transformers.BlipConfig(text_config=text, vision_config=vision))
+
+  def encode_images(self, images):
+    from scorers import pixels as pixels_lib  # pylint: disable=import-outside-toplevel
+    pixel_values = _normalise(images["pixels"], pixels_lib.CLIP_MEAN, pixels_lib.CLIP_STD)
+    return {"image_embeds": self.model.vision_model(pixel_values=pixel_values).last_hidden_state}
+
+  def forward(self, ids, mask, images):
+    if self.first is not None:  # BLIP's ITM: encoder_input_ids[:, 0] = enc_token_id.
+      ids = ids.clone()
+      ids[:, 0] = self.first
+    embeds = images["image_embeds"]
+    hidden = self.model.text_encoder(
+        input_ids=ids, attention_mask=mask, encoder_hidden_states=embeds,
+        encoder_attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                          device=embeds.device)).last_hidden_state
+    logits = self.model.itm_head(hidden[:, 0]).float()
+    return 100.0 * logits.softmax(dim=-1)[:, 1]
+
+
+_SCORERS = {"lxmert": LxmertReference, "clip": ClipReference, "siglip": SiglipReference,
+            "blip_itm": BlipItmReference}
 # UNITER, ROSITA and ViLBERT have no PyTorch model in `transformers` to build a reference from.
 REFERENCE_SCORERS = tuple(_SCORERS)
 
@@ -174,14 +262,15 @@ def run_reference(*, scorer_name: str, scorer_config: Any, cap_config: Any, cap_
   """Times the reference pipeline on one batch of images; one synchronised step per repeat.
 
   Args:
-    scorer_name: "lxmert" or "clip".
+    scorer_name: one of `REFERENCE_SCORERS`.
     scorer_config: our scorer Config (its sizes build the transformers config).
     cap_config, cap_params: the captioner sizes and the JAX params the model starts from.
     words: the captioner vocabulary (words[0] == '').
     tokenizer: the scorer's Hugging Face tokenizer; text_max_length its truncation length.
     fc_feats: [B, fc_dim] float32.
     images: per image, what the reference scorer reads: LXMERT "region_feats" [B, R, 2048],
-      "region_boxes" [B, R, 4], "region_mask" [B, R]; CLIP "image_embeds" [B, D] unit norm.
+      "region_boxes" [B, R, 4], "region_mask" [B, R]; CLIP "image_embeds" [B, D] unit norm;
+      SigLIP and BLIP "pixels" [B, S, S, 3] uint8 at the model's input size.
     dtype: "bfloat16" runs the scorer under bf16 autocast; "float32" without.
 
   Returns:
@@ -238,15 +327,17 @@ def _run(scorer_name, scorer_config, cap_config, cap_params, words, tokenizer, t
     seqs = [greedy_seq.cpu().numpy(), sample_seq.cpu().numpy()]  # Waits for the GPU.
     decoded = time.perf_counter()
     texts = ids_to_strings(seqs[0], words) + ids_to_strings(seqs[1], words)
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=text_max_length,
-                        return_tensors="pt")
+    encoded = tokenizer(texts, padding=getattr(scorer, "padding", True), truncation=True,
+                        max_length=text_max_length, return_tensors="pt")
     ids = encoded["input_ids"].to(device)
     mask = encoded["attention_mask"].to(device)
     widths.append(ids.shape[1])
     tokenized = time.perf_counter()
     with torch.no_grad(), autocast:
+      # The caption-independent part once per image (SigLIP, BLIP: the vision tower).
+      image_side = scorer.encode_images(per_image) if hasattr(scorer, "encode_images") else per_image
       caption_images = {k: torch.cat([v, v.repeat_interleave(num_samples, dim=0)])
-                        for k, v in per_image.items()}
+                        for k, v in image_side.items()}
       scores = scorer(ids, mask, caption_images).float()
     sync()
     scored = time.perf_counter()

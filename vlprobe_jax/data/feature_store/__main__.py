@@ -1,6 +1,6 @@
 """The command line of the feature stores: `python -m vlprobe_jax.data.feature_store`.
 
-  build --kind fc|regions|clip --source ... --out STORE   build or resume a store
+  build --kind fc|regions|clip|pixels --source ... --out STORE   build or resume a store
   info STORE                                              its kind, size and fields
 
 `main(argv)` parses, builds through `feature_store.build_*_store` and prints the result.
@@ -30,6 +30,10 @@ _EXAMPLES = """examples:
   build --kind regions --source imgfeat.tsv --layout rosita --out stores/rosita
   build --kind clip --source coco/images --out stores/clip \\
         --checkpoint /path/to/clip-vit-base-patch32
+  build --kind clip --source coco/images --out stores/siglip --resize square \\
+        --embed-fn vlprobe_jax.data.feature_store:siglip_embed_fn \\
+        --checkpoint /path/to/siglip-base-patch16-224
+  build --kind pixels --source coco/images --out stores/pixels384 --image-size 384
   info stores/fc
 """
 
@@ -57,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                   "are kept and their images skipped.")
   build.add_argument("--kind", required=True, choices=feature_store.KINDS,
                      help="fc: self-critical <cocoid>.npy folder; regions: LXMERT obj36 or "
-                          "ROSITA TSV files; clip: a COCO image folder through --embed-fn")
+                          "ROSITA TSV files; clip: a COCO image folder through --embed-fn; "
+                          "pixels: a COCO image folder, resized (SigLIP, BLIP)")
   build.add_argument("--source", required=True, nargs="+",
                      help="the input folder (fc, clip) or TSV file(s) (regions)")
   build.add_argument("--out", required=True, help="the store directory (created or resumed)")
@@ -78,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument("--checkpoint", default=None,
                      help="clip: passed to the --embed-fn function (the default one takes a "
                           "Hugging Face CLIP directory)")
-  build.add_argument("--image-size", type=int, default=224, help="clip: square input size")
+  build.add_argument("--image-size", type=int, default=224,
+                     help="clip, pixels: square input size (BLIP: 384)")
+  build.add_argument("--resize", default=None, choices=feature_store.RESIZES,
+                     help="clip, pixels: 'crop' (shorter side, centre crop: CLIP) or 'square' "
+                          "(the whole image: SigLIP, BLIP); default crop for clip, square for "
+                          "pixels")
   build.add_argument("--batch-size", type=int, default=64, help="clip: images per embed_fn call")
   build.add_argument("--progress-every", type=float, default=10.0,
                      help="seconds between progress lines")
@@ -109,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
   elif args.kind == "regions":
     store = feature_store.build_region_store(args.source, layout=args.layout, max_regions=args.max_regions,
                                feature_dim=args.feature_dim, dtype=args.dtype, **common)
+  elif args.kind == "pixels":
+    store = feature_store.build_pixel_store(args.source[0], image_size=args.image_size,
+                                            resize=args.resize or "square", **common)
   else:
     make = _resolve(args.embed_fn)
     embed_fn = make(args.checkpoint) if args.checkpoint else make()
     store = feature_store.build_clip_store(args.source[0], embed_fn=embed_fn, image_size=args.image_size,
-                             batch_size=args.batch_size, **common)
+                             batch_size=args.batch_size, resize=args.resize or "crop", **common)
   print(f"{store.path}: {store.kind} store with {len(store):,} images.")
   return 0
 

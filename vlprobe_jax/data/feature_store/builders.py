@@ -1,6 +1,7 @@
 """Building feature stores from the files people have: self-critical's fc `.npy` folder, LXMERT
-obj36 / ROSITA region TSVs, and images through a CLIP image tower (see `store.py` for the
-format). Every build is resumable: rerunning the same command skips the images already stored.
+obj36 / ROSITA region TSVs, images through a CLIP (or SigLIP) image tower, and resized images
+for the pixel scorers (see `store.py` for the format). Every build is resumable: rerunning the
+same command skips the images already stored.
 """
 
 from __future__ import annotations
@@ -89,8 +90,95 @@ def build_region_store(sources: list[str], out: str, *, layout: str = "auto",
   return FeatureStore(out, "regions")
 
 
+RESIZES = ("crop", "square")
+
+
+def load_square_image(source, size: int, where: str = "") -> np.ndarray:
+  """An image file (path or bytes) -> [size, size, 3] uint8 RGB, the whole image resized.
+
+  SigLIP's and BLIP's transform (their image processors resize to (size, size), bicubic, the
+  aspect ratio not kept); normalisation is left to the model.
+
+  Raises:
+    features.FeatureError: the image cannot be decoded.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  where = where or (source if isinstance(source, str) else "<image bytes>")
+  try:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+      return np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), np.uint8)
+  except (OSError, ValueError, SyntaxError) as error:
+    raise features.FeatureError(f"{where}: cannot decode the image ({error}); expected a JPEG "
+                                "or PNG. Re-download it.") from None
+
+
+def image_loader(resize: str):
+  """"crop" (CLIP: shorter side, centre crop) or "square" (SigLIP, BLIP) -> load(path, size)."""
+  if resize not in RESIZES:
+    raise ValueError(f"resize must be one of {RESIZES}; found {resize!r}. 'crop' is CLIP's "
+                     "transform, 'square' SigLIP's and BLIP's.")
+  return features.load_image if resize == "crop" else load_square_image
+
+
+def _image_batches(image_dir: str, done_ids, batch_size: int, image_ids, load, image_size,
+                   policy: features.ErrorPolicy):
+  """(batch ids, [B, S, S, 3] uint8 pixels, images done so far, total) of the images not yet
+  stored; undecodable images go to `policy`."""
+  images = features.list_images(image_dir)
+  if image_ids is not None:
+    images = {i: images[i] for i in image_ids if i in images}
+  todo = sorted(i for i in images if i not in done_ids)
+  for start in range(0, len(todo), batch_size):
+    batch_ids, pixels = [], []
+    for image_id in todo[start:start + batch_size]:
+      try:
+        pixels.append(load(images[image_id], image_size))
+        batch_ids.append(image_id)
+      except features.FeatureError as error:
+        policy.handle(error)
+    yield batch_ids, (np.stack(pixels) if pixels else None), min(start + batch_size,
+                                                                 len(todo)), len(todo)
+
+
+def build_pixel_store(image_dir: str, out: str, *, image_size: int, resize: str = "square",
+                      image_ids=None, shard_size: int = DEFAULT_SHARD_SIZE["pixels"],
+                      on_error: str = "stop", progress_every_s: float = 10.0) -> FeatureStore:
+  """Builds (or resumes) a store of resized images for the pixel scorers.
+
+  Decoding and resizing COCO's JPEGs costs more than the scorers' image side on an
+  accelerator; a pixels store does it once. The scorers' on-device transform then finds the
+  images at its input size (a no-op resize) and only normalises them.
+
+  Args:
+    image_dir: searched recursively for COCO-named images (`COCO_train2014_000000000009.jpg`).
+    image_size: S, the scorer's input size (SigLIP base 224, BLIP 384).
+    resize: "square" (SigLIP, BLIP: the whole image to S x S) or "crop" (CLIP).
+    image_ids: restrict to these ids (e.g. the Karpathy split's), or None for every image.
+  """
+  load = image_loader(resize)
+  source = f"{os.path.abspath(image_dir)} (resize {resize} to {image_size})"
+  writer = StoreWriter(out, "pixels", shard_size, source=source)
+  if writer.manifest.get("source") != source:
+    raise ValueError(f"{out} holds images from {writer.manifest.get('source')}; this build "
+                     f"would add {source}. Resume with the same options, or choose another --out.")
+  policy = features.ErrorPolicy(on_error, f"images in {image_dir}")
+  progress = None
+  for batch_ids, pixels, done, total in _image_batches(image_dir, writer.done_ids, 64,
+                                                       image_ids, load, image_size, policy):
+    progress = progress or Progress(f"pixels {out}", total, "images", progress_every_s)
+    for image_id, image in zip(batch_ids, pixels if pixels is not None else []):
+      writer.add(image_id, pixels=image)
+    progress.update(done, writer.written)
+  writer.finish()
+  policy.log_summary()
+  if progress is not None:
+    progress.update(progress.total, writer.written, force=True)
+  return FeatureStore(out, "pixels")
+
+
 def build_clip_store(image_dir: str, out: str, embed_fn, *, image_size: int = 224,
-                     batch_size: int = 64, image_ids=None,
+                     batch_size: int = 64, image_ids=None, resize: str = "crop",
                      shard_size: int = DEFAULT_SHARD_SIZE["clip"], on_error: str = "stop",
                      progress_every_s: float = 10.0) -> FeatureStore:
   """Builds (or resumes) a CLIP image-embedding store over a folder of COCO images.
@@ -100,35 +188,43 @@ def build_clip_store(image_dir: str, out: str, embed_fn, *, image_size: int = 22
     embed_fn: pixels [B, image_size, image_size, 3] uint8 RGB -> [B, D] embeddings (the
       caller's CLIP vision tower; normalisation of the pixels is its job).
     image_ids: restrict to these ids (e.g. the Karpathy split's), or None for every image.
+    resize: how images reach image_size: "crop" (CLIP) or "square" (SigLIP's embeddings,
+      `siglip_embed_fn`).
   """
-  images = features.list_images(image_dir)
-  if image_ids is not None:
-    images = {i: images[i] for i in image_ids if i in images}
+  load = image_loader(resize)
   writer = StoreWriter(out, "clip", shard_size, source=os.path.abspath(image_dir))
   policy = features.ErrorPolicy(on_error, f"images in {image_dir}")
-  todo = sorted(i for i in images if i not in writer.done_ids)
-  progress = Progress(f"clip {out}", len(todo), "images", progress_every_s)
-  for start in range(0, len(todo), batch_size):
-    batch_ids, pixels = [], []
-    for image_id in todo[start:start + batch_size]:
-      try:
-        pixels.append(features.load_image(images[image_id], image_size))
-        batch_ids.append(image_id)
-      except features.FeatureError as error:
-        policy.handle(error)
+  progress = None
+  done, total = 0, 0
+  for batch_ids, pixels, done, total in _image_batches(image_dir, writer.done_ids, batch_size,
+                                                       image_ids, load, image_size, policy):
+    progress = progress or Progress(f"clip {out}", total, "images", progress_every_s)
     if not batch_ids:
       continue
-    embeddings = np.asarray(embed_fn(np.stack(pixels)), np.float32)
+    embeddings = np.asarray(embed_fn(pixels), np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(batch_ids):
       raise ValueError(f"embed_fn returned shape {embeddings.shape} for {len(batch_ids)} "
                        "images; expected [batch, D].")
     for image_id, embedding in zip(batch_ids, embeddings):
       writer.add(image_id, embedding=embedding)
-    progress.update(min(start + batch_size, len(todo)), writer.written)
+    progress.update(done, writer.written)
   writer.finish()
   policy.log_summary()
-  progress.update(len(todo), writer.written, force=True)
+  if progress is not None:
+    progress.update(total, writer.written, force=True)
   return FeatureStore(out, "clip")
+
+
+def _scorer_embed_fn(name: str, checkpoint: str):
+  import scorers  # pylint: disable=g-import-not-at-top
+
+  spec = scorers.get(name)
+  config, params = spec.load(checkpoint)
+
+  def embed_fn(pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(spec.image_inputs(params, config, {"pixels": pixels})["image_embeds"])
+
+  return embed_fn
 
 
 def clip_embed_fn(checkpoint: str):
@@ -137,12 +233,10 @@ def clip_embed_fn(checkpoint: str):
   Returns embed_fn(pixels [B, S, S, 3] uint8) -> [B, D] float32, the unit-norm "image_embeds"
   that `scorers.get("clip").image_inputs` gives the scorer, so the store can stand in for it.
   """
-  import scorers  # pylint: disable=g-import-not-at-top
+  return _scorer_embed_fn("clip", checkpoint)
 
-  clip = scorers.get("clip")
-  config, params = clip.load(checkpoint)
 
-  def embed_fn(pixels: np.ndarray) -> np.ndarray:
-    return np.asarray(clip.image_inputs(params, config, {"pixels": pixels})["image_embeds"])
-
-  return embed_fn
+def siglip_embed_fn(checkpoint: str):
+  """SigLIP's image side (a Hugging Face SiglipModel directory), as `clip_embed_fn` for CLIP;
+  build with `--resize square` (SigLIP's transform)."""
+  return _scorer_embed_fn("siglip", checkpoint)

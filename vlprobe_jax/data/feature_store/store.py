@@ -15,6 +15,9 @@ no RAM until rows are read. Kinds and their fields:
   regions  feats [R, D] float32 (or float16),    LXMERT obj36 TSV or ROSITA TSV
            boxes [R, 4] float32 x1/W, y1/H, x2/W, y2/H, mask [R] int32,
            image_wh [2] int32, objects_id [R] int32 (-1 pads), objects_conf [R] float32
+  pixels   pixels [S, S, 3] uint8                a COCO image folder, resized for the pixel
+                                                 scorers (SigLIP, BLIP: the whole image to
+                                                 S x S; CLIP: shorter side, centre crop)
 
 Builds are resumable: a shard is written under a temporary name, fsync-ed, renamed, and only
 then listed in the manifest (itself replaced atomically), so a reader never sees a shard that
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 FORMAT = "vlprobe-feature-store"
 VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("fc", "clip", "regions")
-DEFAULT_SHARD_SIZE = {"fc": 16384, "clip": 16384, "regions": 4096}
+KINDS = ("fc", "clip", "regions", "pixels")
+# pixels: 1,024 images of 384 x 384 x 3 bytes are 450 MB a shard.
+DEFAULT_SHARD_SIZE = {"fc": 16384, "clip": 16384, "regions": 4096, "pixels": 1024}
 BUILD_COMMAND = ("python -m vlprobe_jax.data.feature_store build --kind {kind} --source ... "
                  "--out {out}")
 
@@ -129,7 +133,7 @@ class FeatureStore:
 
   Attributes:
     path: the store directory.
-    kind: "fc", "clip" or "regions".
+    kind: "fc", "clip", "regions" or "pixels".
     fields: field name -> (per-image shape, dtype name).
     ids: [M] int64 every image id in the complete shards, in storage order.
     finished: whether the build went through its whole source.

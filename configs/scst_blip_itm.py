@@ -1,0 +1,10 @@
+"""SCST with the BLIP ITM reward: an alias of configs/scst.py:scorer=blip_itm (its docstring says more).
+
+  python launch.py --config=configs/scst_blip_itm.py[:data=coco,runlocal,cross_score]
+"""
+
+import functools
+
+from configs import common
+
+get_config = functools.partial(common.scst_config, scorer="blip_itm")
