@@ -285,3 +285,23 @@ def test_bfloat16_captioner_keeps_float32_params_optimizer_state_and_loss():
   np.testing.assert_allclose(half_m["train/loss"], full_m["train/loss"], rtol=5e-2)
   np.testing.assert_allclose(half_m["sample/entropy"], full_m["sample/entropy"], rtol=5e-2)
   np.testing.assert_allclose(half_m["reward/greedy_mean"], full_m["reward/greedy_mean"])
+
+
+def test_config_choices_are_validated():
+  from configs import scst as scst_config
+  from vlprobe_jax import validation
+  for field, value, message in (
+      ("scst.policy_gradient", "both", "config.scst.policy_gradient='both': expected one of "
+                                       "'replay', 'sampling'"),
+      ("scorer_gelu", "erf", "config.scorer_gelu='erf': expected one of 'exact', 'tanh'"),
+      ("captioner.dtype", "float16", "config.captioner.dtype='float16': expected one of")):
+    config = scst_config.get_config("runlocal")
+    with config.unlocked():
+      *parents, leaf = field.split(".")
+      node = config
+      for name in parents:
+        node = node[name]
+      node[leaf] = value
+    with pytest.raises(validation.ConfigError, match=message):
+      validation.validate(config)
+  validation.validate(scst_config.get_config("runlocal"))  # the defaults pass

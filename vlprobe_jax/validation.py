@@ -188,6 +188,8 @@ def _check_stages(c: _Checker) -> None:
       c.existing_path(f"scorer_checkpoints.{name}", "the checkpoint")
   if "scorer_dtype" in config:
     c.one_of("scorer_dtype", ("", "float32", "bfloat16"))
+  if "scorer_gelu" in config:
+    c.one_of("scorer_gelu", ("exact", "tanh"))
   if "scorer_pretrain" in config:
     for field in ("steps", "warmup_steps"):
       c.int_at_least(f"scorer_pretrain.{field}", 1 if field == "steps" else 0)
@@ -209,6 +211,8 @@ def _check_scst(c: _Checker) -> None:
     c.fail("scst.num_samples", "the mean baseline compares each sample with the mean of the "
                                "other samples of its image, so it needs at least 2 (or use "
                                "scst.baseline=greedy)")
+  if c.has("scst.policy_gradient"):  # absent in configs written before it: "replay"
+    c.one_of("scst.policy_gradient", ("replay", "sampling"))
   c.positive("scst.temperature")
   c.int_at_least("scst.max_length", 1)
   _check_batch(c, "scst.images_per_batch")
