@@ -276,3 +276,16 @@ def _check_bench(c: _Checker) -> None:
   for field in ("warmup", "repeats", "steps_per_repeat", "pool_batches"):
     c.int_at_least(field, 1)
   c.existing_path("scorer_checkpoint", "the checkpoint")
+  c.one_of("captioner.dtype", ("float32", "bfloat16"))
+  for field, choices in (("attention", ("auto", "xla", "cudnn")), ("gelu", ("exact", "tanh")),
+                         ("policy_gradient", ("replay", "sampling"))):
+    if c.has(field):
+      c.one_of(field, choices)
+  if c.has("length_groups"):
+    c.int_at_least("length_groups", 1)
+  if c.has("variants"):
+    from vlprobe_jax.bench import build  # pylint: disable=g-import-not-at-top
+    try:
+      build.parse_variants(c.config.variants)
+    except ValueError as error:
+      c.problems.append(str(error))
