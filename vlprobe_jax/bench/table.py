@@ -13,7 +13,7 @@ from vlprobe_jax.bench import profile as profile_summary
 _ROWS = (("full", "full SCST step"), ("decode", "decode (greedy + K samples)"),
          ("reward", "re-tokenize + score"), ("score", "score (pre-tokenized)"),
          ("image_side", "image side (raw regions -> inputs)"),
-         ("update", "update (full - parts above)"))
+         ("update", "policy gradient + Adam (the rest)"))
 _TORCH_ROWS = (("full", "full step (reference)"), ("decode", "decode (Python loop)"),
                ("strings_tokenize", "ids -> strings + tokenizer (CPU)"),
                ("score", "score"), ("update", "reward, backward, Adam"))
