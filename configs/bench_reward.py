@@ -5,8 +5,7 @@ Command:
   python launch.py --config=configs/bench_reward.py:scorer=clip
   python launch.py --config=configs/bench_reward.py:scorer=uniter   # also rosita, vilbert
   python launch.py --config=configs/bench_reward.py:scorer=lxmert \
-      --config.images_per_batch=250,1000 --config.reference_images=250 \
-      --config.profile_dir=/tmp/prof_lxmert      # the BENCHMARKS.md runs
+      --config.images_per_batch=1000 --config.profile_dir=/tmp/prof_lxmert  # BENCHMARKS.md
   python launch.py --config=configs/bench_reward.py:scorer=lxmert,runlocal   # CPU smoke test
 
 At the real sizes with random weights (FC-LSTM: 9,488 logits, 512 wide, 2048-d features; LXMERT
@@ -23,9 +22,13 @@ captions/s, images/s and ms/step for:
          Hugging Face fast tokenizer, PyTorch scorer, reward, backward, Adam) with its parts,
          when torch is importable and `reference` is True; LXMERT and CLIP only (transformers
          has no UNITER, ROSITA or ViLBERT model to build one from);
-and the jax / torch ratios, the device, the dtypes, and the measured difference of the scores
-between float32 and bfloat16. The summary is also written as JSON to `out_json` (under the
-workdir, default `workdir/bench_<scorer>/bench.json`).
+and the jax / torch ratios (the reference runs at every batch size by default, so each ratio
+compares the same work), the text widths the reward's length groups were scored at, the
+device, the dtypes, the software versions, and how much the scores change between float32 and
+bfloat16 and between the exact and the tanh GELU (vlprobe_jax/bench/checks.py). `variants`
+times the full step again under other settings (attention kernel, GELU, length groups, the
+policy gradient's pass, captioner dtype), each against the first row. The summary is also
+written as JSON to `out_json` (under the workdir, default `workdir/bench_<scorer>/bench.json`).
 Timings: warm-up excluded, median over `repeats` of `steps_per_repeat` back-to-back steps.
 `profile_dir` writes a JAX profiler trace of `profile_steps` full steps there (off by default)
 and prints where the device time went: busy fraction, kernel time by phase of the step, top
@@ -33,7 +36,7 @@ kernels (vlprobe_jax/bench/profile.py).
 
 Time on one H200: about 2 minutes per scorer and batch size (mostly compilation, about 30 s
 for the full step and as much for the parts, and the PyTorch reference); each further batch
-size recompiles. The `runlocal` smoke
+size recompiles, and each variant adds about 40 s. The `runlocal` smoke
 test (tiny sizes) takes under a minute on a 2-core CPU; the real sizes on a CPU take minutes and
 are only a check that everything runs.
 """
@@ -65,7 +68,9 @@ def get_config(arg=None):
   # more with them; random weights give near-constant LXMERT scores.
   config.scorer_checkpoint = ""
   config.dtype = "auto"  # scorer compute: "auto" = bfloat16 on GPU/TPU, float32 on CPU
-  config.images_per_batch = "50"  # a comma-separated list sweeps sizes: "50,250,1000"
+  # A comma-separated list sweeps sizes; the reference runs at every one of them (see
+  # reference_images), so each jax/torch ratio compares the same work.
+  config.images_per_batch = "250,1000"
   config.num_samples = 5  # K samples per image, plus one greedy caption
   config.max_length = 16
   config.baseline = "greedy"
@@ -89,8 +94,26 @@ def get_config(arg=None):
   config.prefetch = 2
   config.reference = True  # also run the PyTorch reference pipeline when torch is importable
   config.reference_repeats = 5
-  config.reference_images = ""  # batch sizes to run the reference at, e.g. "250"; "" = all
+  # "" = at every batch size (the default: ratios of equal work); a list such as "250" skips
+  # the others, whose rows then show no ratio.
+  config.reference_images = ""
   config.dtype_check = True  # bf16-vs-fp32 scores, at the first batch size
+  # Tanh-vs-exact GELU scores of the same captions, at the first batch size (BERT-style scorers;
+  # CLIP's quick_gelu has no erf).
+  config.gelu_check = True
+  # The step's kernels and options (scorers/layers.py `options`, vlprobe_jax/scoring.py,
+  # vlprobe_jax/scst.py): attention "auto" (cuDNN's fused kernel on a GPU where it can run),
+  # "xla" or "cudnn"; scorer GELU "exact" or "tanh"; the reward's length groups (1 = the batch's
+  # longest width for all); the policy gradient's log-probs "replay" or "sampling".
+  config.attention = "auto"
+  config.gelu = "exact"
+  config.length_groups = 8
+  config.policy_gradient = "replay"
+  # Full-step timings of other settings in the same run, against the row above: ';'-separated
+  # 'field=value' changes of the fields just above or captioner_dtype, e.g.
+  # "attention=xla;gelu=tanh;length_groups=1;policy_gradient=sampling;captioner_dtype=bfloat16".
+  # Each costs one more compilation of the full step.
+  config.variants = ""
   config.profile_dir = ""
   config.profile_steps = 3
   config.out_json = "bench.json"  # relative paths are under the workdir

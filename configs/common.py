@@ -174,7 +174,10 @@ def scst_block(data: str, scorer: str) -> ml_collections.ConfigDict:
       keep_checkpoints=2,
       # False on COCO: image inputs of 113k images do not fit in host memory, so the step
       # computes them (once per image, not per caption) from the stored regions / pixels.
-      cache_image_inputs=data == "synthetic"))
+      cache_image_inputs=data == "synthetic",
+      # The policy gradient's log-probs: "replay" (a teacher-forced second pass over the
+      # samples) or "sampling" (kept from the sampling pass; one forward fewer, same values).
+      policy_gradient="replay"))
   if data == "synthetic":
     # 600 steps on a CPU: a larger step size than the paper's so the change shows in minutes,
     # and 12 samples with the mean-of-the-other-samples baseline (new self-critical;
@@ -234,6 +237,9 @@ def scst_config(arg: str | None = None, scorer: str | None = None) -> ml_collect
   config.scorer_checkpoints = ml_collections.ConfigDict({name: "" for name in scorers.names()})
   config.scorer_pretrain = scorer_pretrain_block()
   config.scorer_dtype = ""  # "" keeps each scorer's own; "bfloat16" for speed
+  # "exact" (the originals' erf GELU) or "tanh" (faster on a GPU, changes the scores slightly;
+  # BENCHMARKS.md); for the BERT-style scorers (LXMERT, UNITER, ROSITA, ViLBERT).
+  config.scorer_gelu = "exact"
   config.trust_pickle = False  # allow full unpickling of .pkl/.pt checkpoints you trust
   config.analysis = analysis_block()
   if args.runlocal:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from scorers import common
+from scorers import layers
 
 
 SOT_ID, EOT_ID = 49406, 49407  # The BPE vocabulary's specials; EOT is the largest id.
@@ -35,7 +36,7 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100 while tr
 
 _ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP.
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": layers.erf_gelu,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
@@ -128,27 +129,28 @@ def _layer_norm(name: str, config: Config, dtype) -> nn.LayerNorm:
 
 
 class CLIPAttention(nn.Module):
-  """Multi-head self-attention with `q_proj`, `k_proj`, `v_proj`, `out_proj`."""
+  """Multi-head self-attention with `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+
+  Through `layers.dot_product_attention` (cuDNN's fused kernel on a GPU, else XLA's), with the
+  logits and softmax in float32; a fully masked query row (left padding) stays finite.
+  """
   width: int
   heads: int
   dtype: Any = jnp.float32
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, allowed: jax.Array | None) -> jax.Array:
-    """x: [N, T, width]; allowed: [N, 1, T, T] bool (query may see key) or None."""
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """x: [N, T, width]; key_mask: [N, T] (1 = a real token) or None -> [N, T, width]."""
     head_dim = self.width // self.heads
 
     def heads(name):
       y = _dense(self.width, name, self.dtype)(x)
       return y.reshape(y.shape[:-1] + (self.heads, head_dim))
 
-    query, key, value = heads("q_proj"), heads("k_proj"), heads("v_proj")
-    logits = jnp.einsum("nqhd,nkhd->nhqk", query * head_dim**-0.5, key).astype(jnp.float32)
-    if allowed is not None:
-      # `where`, not an additive bias: a fully masked row (left padding) stays finite.
-      logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+    mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
+    out = layers.dot_product_attention(heads("q_proj"), heads("k_proj"), heads("v_proj"),
+                                       mask=mask, causal=self.causal)
     return _dense(self.width, "out_proj", self.dtype)(out.reshape(x.shape[:-1] + (self.width,)))
 
 
@@ -171,11 +173,13 @@ class CLIPEncoderLayer(nn.Module):
   heads: int
   mlp: int
   dtype: Any = jnp.float32
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x, allowed):
+  def __call__(self, x, key_mask):
     h = _layer_norm("layer_norm1", self.config, self.dtype)(x)
-    x = x + CLIPAttention(self.width, self.heads, self.dtype, name="self_attn")(h, allowed)
+    x = x + CLIPAttention(self.width, self.heads, self.dtype, self.causal, name="self_attn")(
+        h, key_mask)
     h = _layer_norm("layer_norm2", self.config, self.dtype)(x)
     return x + CLIPMLP(self.config, self.width, self.mlp, self.dtype, name="mlp")(h)
 
@@ -188,12 +192,13 @@ class CLIPEncoder(nn.Module):
   mlp: int
   num_layers: int
   dtype: Any = jnp.float32
+  causal: bool = False  # the text tower's
 
   @nn.compact
-  def __call__(self, x, allowed):
+  def __call__(self, x, key_mask):
     for i in range(self.num_layers):
-      x = CLIPEncoderLayer(self.config, self.width, self.heads, self.mlp, self.dtype,
-                           name=f"layers_{i}")(x, allowed)
+      x = CLIPEncoderLayer(self.config, self.width, self.heads, self.mlp, self.dtype, self.causal,
+                           name=f"layers_{i}")(x, key_mask)
     return x
 
 
@@ -225,10 +230,8 @@ class CLIPTextTransformer(nn.Module):
       raise ValueError(f"scorers/clip.py: text of {length} tokens; the model's context_length is "
                        f"{c.context_length}. Truncate the captions (Config.max_text_len).")
     x = CLIPTextEmbeddings(c, self.dtype, name="embeddings")(ids)
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    allowed = causal[None, None] & mask.astype(bool)[:, None, None, :]
     x = CLIPEncoder(c, c.text_width, c.text_heads, c.text_mlp, c.text_layers, self.dtype,
-                    name="encoder")(x, allowed)
+                    causal=True, name="encoder")(x, mask)
     x = _layer_norm("final_layer_norm", c, self.dtype)(x)
     if c.eos_token_id == 2:  # Legacy OpenAI configs: EOT is the largest id.
       eot = jnp.argmax(ids, axis=-1)

@@ -1,23 +1,71 @@
 """BERT-style transformer blocks shared by the LXMERT, UNITER and ViLBERT ports (and the
-attention math ROSITA reuses).
+attention math ROSITA, ViLBERT's co-attention and CLIP reuse).
 
 Submodule names follow the Hugging Face / original BERT PyTorch keys
 (`attention.self.query`, `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, ...),
 so `common.torch_to_flax` maps checkpoints onto them with no renaming. Post-LayerNorm, erf GELU,
 LayerNorm eps 1e-12, additive -10000 masks, as in the originals.
+
+Attention runs through `jax.nn.dot_product_attention`: cuDNN's fused kernel on a GPU where the
+dtype and shapes allow it, XLA elsewhere (`options(attention=...)` forces one). Both take the
+logits and the softmax in float32. Attention dropout (scorer pretraining only) is not offered by
+that function, so a block with active dropout takes the explicit einsum path, with the same math.
+
+`options(...)` is read while a function is traced: enter it inside the traced function (as
+`vlprobe_jax.scoring.LoadedScorer` does), because `jax.jit` does not key its cache on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LAYER_NORM_EPS = 1e-12
 Dtype = Any
+
+# "auto": cuDNN's fused kernel where `cudnn_can_run` says it can, else XLA; "xla"; "cudnn"
+# (an error where cuDNN cannot run the shapes).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# "exact": the erf GELU of BERT and of every original here; "tanh": the tanh approximation
+# (an option for speed: it changes the scores, see BENCHMARKS.md).
+GELU_FORMS = ("exact", "tanh")
+_OPTIONS = contextvars.ContextVar("scorer_layer_options", default=("auto", "exact"))
+# The largest head width cuDNN's fused attention takes on every GPU it runs on (256 on Hopper).
+_CUDNN_MAX_HEAD_DIM = 128
+
+
+@contextlib.contextmanager
+def options(attention: str | None = None, gelu: str | None = None) -> Iterator[None]:
+  """Chooses the attention kernel and the GELU form for what is traced inside; None keeps.
+
+  Raises:
+    ValueError: an unknown choice.
+  """
+  current_attention, current_gelu = _OPTIONS.get()
+  attention = current_attention if attention is None else attention
+  gelu = current_gelu if gelu is None else gelu
+  if attention not in ATTENTION_IMPLEMENTATIONS or gelu not in GELU_FORMS:
+    raise ValueError(f"scorers/layers.py: attention={attention!r}, gelu={gelu!r}; expected "
+                     f"attention in {ATTENTION_IMPLEMENTATIONS} and gelu in {GELU_FORMS}.")
+  token = _OPTIONS.set((attention, gelu))
+  try:
+    yield
+  finally:
+    _OPTIONS.reset(token)
+
+
+def current_options() -> dict[str, str]:
+  attention, gelu = _OPTIONS.get()
+  return {"attention": attention, "gelu": gelu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +110,22 @@ def attention_bias(mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
   return ((1.0 - mask[:, None, None, :].astype(jnp.float32)) * -10000.0).astype(dtype)
 
 
+def erf_gelu(x: jax.Array) -> jax.Array:
+  """The exact GELU as the originals write it, x * 0.5 * (1 + erf(x / sqrt(2))), in float32.
+
+  `jax.nn.gelu(approximate=False)` computes the same function through erfc, whose XLA lowering
+  costs about twice as much (BENCHMARKS.md); the two differ by about 1e-6 in float32. The math
+  is done in float32 and rounded once to x's dtype, as PyTorch does for bfloat16.
+  """
+  y = x.astype(jnp.float32)
+  return (y * 0.5 * (1.0 + jax.lax.erf(y * np.float32(np.sqrt(0.5))))).astype(x.dtype)
+
+
 def gelu(x: jax.Array) -> jax.Array:
-  """The exact (erf) GELU that BERT uses."""
-  return jax.nn.gelu(x, approximate=False)
+  """The exact (erf) GELU that BERT uses; the tanh form under `options(gelu="tanh")`."""
+  if _OPTIONS.get()[1] == "tanh":
+    return jax.nn.gelu(x, approximate=True)
+  return erf_gelu(x)
 
 
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -75,27 +136,100 @@ def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array,
-                          dropout=None, dtype: Dtype = jnp.float32) -> jax.Array:
+def cudnn_can_run(dtype: Dtype, head_dim: int, platform: str) -> bool:
+  """Whether "auto" picks cuDNN: a GPU, 16-bit inputs, a head width cuDNN's flash kernel takes."""
+  return (platform == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+          and head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM)
+
+
+_warned: set[str] = set()
+
+
+def _explicit_attention(query, key, value, bias, mask, causal, dropout):
+  """The math of the XLA kernel, with dropout on the attention weights (training only)."""
+  logits = jnp.einsum("nqhd,nkhd->nhqk", query, key, preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(query.shape[-1] ** -0.5)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  allowed = None if mask is None else mask
+  if causal:
+    tq, tk = logits.shape[-2:]
+    lower = jnp.tril(jnp.ones((tq, tk), bool))
+    allowed = lower if allowed is None else allowed & lower
+  if allowed is not None:
+    # `where`, not an additive bias: a fully masked row (left padding) stays finite.
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+  weights = dropout(jax.nn.softmax(logits, axis=-1).astype(value.dtype))
+  return jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          bias: jax.Array | None = None, dropout=None, *,
+                          mask: jax.Array | None = None, causal: bool = False) -> jax.Array:
   """Scaled softmax attention of already projected heads, shared by every transformer port.
 
   Args:
-    query: [N, Tq, heads, head_dim]; key, value: [N, Tk, heads, head_dim].
-    bias: additive mask broadcastable to [N, heads, Tq, Tk] (see `attention_bias`).
-    dropout: callable applied to the attention weights (a bound `nn.Dropout`), or None.
-    dtype: compute dtype. The logits and the softmax are taken in float32 so that bf16 runs
-      keep the -10000 masks exact.
+    query: [N, Tq, heads, head_dim]; key, value: [N, Tk, heads, head_dim], all one dtype (the
+      compute dtype).
+    bias: additive mask broadcastable to [N, heads, Tq, Tk] (see `attention_bias`), or None.
+    dropout: callable applied to the attention weights (a bound `nn.Dropout` in training), or
+      None (inference: the fused kernels run).
+    mask: boolean, True where a query may see a key, broadcastable to [N, heads, Tq, Tk].
+    causal: also hide later keys from each query (CLIP's text tower).
+
+  The logits, the bias and the softmax are in float32 whatever the compute dtype, so that bf16
+  runs keep the -10000 masks exact.
 
   Returns:
-    [N, Tq, heads, head_dim].
+    [N, Tq, heads, head_dim] in the dtype of `value`.
   """
-  head_dim = query.shape[-1]
-  logits = jnp.einsum("nqhd,nkhd->nhqk", query, key) / jnp.sqrt(head_dim).astype(dtype)
-  logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
-  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
   if dropout is not None:
-    weights = dropout(weights)
-  return jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+    return _explicit_attention(query, key, value, bias, mask, causal, dropout)
+  choice = _OPTIONS.get()[0]
+  if choice == "auto":
+    platform = jax.default_backend()
+    choice = "cudnn" if cudnn_can_run(query.dtype, query.shape[-1], platform) else "xla"
+    if choice == "cudnn":
+      try:
+        return _cudnn_attention(query, key, value, bias, mask, causal)
+      except (NotImplementedError, ValueError, RuntimeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if message not in _warned:
+          _warned.add(message)
+          logging.warning("scorers/layers.py: cuDNN attention cannot run %s x %s heads (%s); "
+                          "using XLA's.", query.shape, key.shape, message)
+        choice = "xla"
+  if choice == "cudnn":
+    return _cudnn_attention(query, key, value, bias, mask, causal)
+  if bias is not None:
+    bias = bias.astype(jnp.float32)
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, is_causal=causal,
+                                      implementation="xla")
+
+
+def _cudnn_attention(query, key, value, bias, mask, causal):
+  """cuDNN's fused kernel; it takes a bias only at the full [.., Tq, Tk] size (and applies it in
+  the compute dtype: -10000 stays far below any logit)."""
+  n, tq = query.shape[:2]
+  tk = key.shape[1]
+
+  def full(x):
+    return None if x is None else jnp.broadcast_to(x, (n, x.shape[1], tq, tk))
+
+  bias = None if bias is None else full(bias).astype(query.dtype)
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=full(mask),
+                                      is_causal=causal, implementation="cudnn")
+
+
+def attention_dropout(rate: float, deterministic: bool):
+  """The dropout on attention weights of a training pass, or None (inference, or rate 0).
+
+  Call inside a compact module: it binds an `nn.Dropout` submodule there (it has no params).
+  """
+  if deterministic or rate == 0.0:
+    return None
+  drop = nn.Dropout(rate)
+  return lambda weights: drop(weights, deterministic=False)
 
 
 class BertSelfAttention(nn.Module):
@@ -121,9 +255,8 @@ class BertSelfAttention(nn.Module):
       return x.reshape(x.shape[:-1] + (self.num_heads, head_dim))
 
     query, key, value = heads(hidden, "query"), heads(context, "key"), heads(context, "value")
-    dropout = nn.Dropout(self.dropout_rate)
     out = dot_product_attention(query, key, value, bias,
-                                lambda w: dropout(w, deterministic=deterministic), self.dtype)
+                                attention_dropout(self.dropout_rate, deterministic))
     return out.reshape(out.shape[:-2] + (self.hidden_size,))
 
 

@@ -129,9 +129,8 @@ class MHAtt(nn.Module):
       y = layers.dense(cfg.hidden_size, name, dtype)(x)
       return y.reshape(y.shape[:-1] + (cfg.num_heads, head_dim))
 
-    dropout = nn.Dropout(cfg.dropout_rate)
     out = layers.dot_product_attention(heads("dense_q"), heads("dense_k"), heads("dense_v"), bias,
-                                       lambda w: dropout(w, deterministic=deterministic), dtype)
+                                       layers.attention_dropout(cfg.dropout_rate, deterministic))
     out = out.reshape(out.shape[:-2] + (cfg.hidden_size,))
     return layers.dense(cfg.hidden_size, "dense_merge", dtype)(out)
 

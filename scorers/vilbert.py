@@ -180,17 +180,13 @@ class BertImageEmbeddings(nn.Module):
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
-def _multi_head(query, key, value, bias, num_heads, dropout, deterministic, dtype):
+def _multi_head(query, key, value, bias, num_heads, dropout):
   """Scaled dot-product attention of projected [N, Tq, D] queries over [N, Tk, D] keys/values.
 
-  bias: [N, 1, 1, Tk] additive mask. Returns [N, Tq, D]. Same numerics as layers.BertSelfAttention.
+  bias: [N, 1, 1, Tk] additive mask; dropout: `layers.attention_dropout`. Returns [N, Tq, D].
   """
   split = lambda x: x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
-  query, key, value = split(query), split(key), split(value)
-  logits = jnp.einsum("nqhd,nkhd->nhqk", query, key) / jnp.sqrt(query.shape[-1]).astype(dtype)
-  logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
-  weights = dropout(jax.nn.softmax(logits, axis=-1).astype(dtype), deterministic=deterministic)
-  out = jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+  out = layers.dot_product_attention(split(query), split(key), split(value), bias, dropout)
   return out.reshape(out.shape[:-2] + (-1,))
 
 
@@ -208,11 +204,11 @@ class BertBiAttention(nn.Module):
     proj = {name: layers.dense(c.bi_hidden_size, name, dtype)(image if name[-1] == "1" else text)
             for name in ("query1", "key1", "value1", "query2", "key2", "value2")}
     text_to_image = _multi_head(proj["query2"], proj["key1"], proj["value1"], image_bias,
-                                c.bi_num_attention_heads, nn.Dropout(c.dropout_rate),
-                                deterministic, dtype)
+                                c.bi_num_attention_heads,
+                                layers.attention_dropout(c.dropout_rate, deterministic))
     image_to_text = _multi_head(proj["query1"], proj["key2"], proj["value2"], text_bias,
-                                c.bi_num_attention_heads, nn.Dropout(c.dropout_rate),
-                                deterministic, dtype)
+                                c.bi_num_attention_heads,
+                                layers.attention_dropout(c.dropout_rate, deterministic))
     return text_to_image, image_to_text
 
 

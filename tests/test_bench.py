@@ -78,6 +78,9 @@ def test_config_defaults_are_the_real_sizes():
   assert config.num_samples == 5 and config.max_length == 16 and config.reference
   assert config.workdir == "workdir/bench_clip" and config.out_json == "bench.json"
   assert config.profile_dir == ""
+  # Ratios of equal work: the reference runs at every batch size the JAX step runs at.
+  assert config.images_per_batch == "250,1000" and config.reference_images == ""
+  assert (config.attention, config.gelu, config.length_groups) == ("auto", "exact", 8)
   assert bench_reward.get_config(None).scorer == "lxmert"
   with pytest.raises(ValueError, match="supports"):
     bench_reward.get_config("scorer=blip")
@@ -92,6 +95,24 @@ def test_random_params_have_the_init_tree():
   jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), params, expected)
   assert np.all(np.asarray(params["logit"]["bias"]) == 0.0)
   assert 0.01 < float(np.std(params["logit"]["kernel"])) < 0.03
+
+
+def test_variants_are_parsed_and_checked():
+  assert bench_setup.parse_variants("") == []
+  assert bench_setup.parse_variants("attention=xla; gelu=tanh,length_groups=1") == [
+      {"attention": "xla"}, {"gelu": "tanh", "length_groups": 1}]
+  assert bench_setup.parse_variants("captioner_dtype=bfloat16;policy_gradient=sampling") == [
+      {"captioner_dtype": "bfloat16"}, {"policy_gradient": "sampling"}]
+  for bad in ("attention=flash", "length_groups=0", "dropout=0.1", "gelu"):
+    with pytest.raises(ValueError, match="config.variants"):
+      bench_setup.parse_variants(bad)
+  from vlprobe_jax import validation
+  config = bench_reward.get_config("runlocal")
+  config.variants = "gelu=erf"
+  config.attention = "flash"
+  with pytest.raises(validation.ConfigError) as error:
+    validation.validate(config)
+  assert "config.attention='flash'" in str(error.value) and "'gelu=erf'" in str(error.value)
 
 
 def test_reference_skipped_when_off():
@@ -130,6 +151,8 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
   config.workdir = str(tmp_path)
   if scorer == "clip":
     config.profile_dir = str(tmp_path / "profile")
+  else:
+    config.variants = "policy_gradient=sampling,length_groups=1"
   summary = bench.run(config)
   printed = capsys.readouterr().out
 
@@ -156,6 +179,20 @@ def test_runlocal_smoke(scorer, tmp_path, capsys, one_torch_thread):
   check = result["dtype_check"]
   assert check["captions"] == 12 and 0 <= check["max_abs_diff"] < 5.0
   assert 0.0 <= check["advantage_sign_agreement"] <= 1.0
+  reward = parts["reward"]
+  assert reward["length_groups"] == 1 and len(reward["group_widths"]) == 1  # 12 captions
+  assert "reward text widths" in printed
+  if scorer == "lxmert":
+    gelu = result["gelu_check"]  # tanh vs exact GELU, in the CPU's float32
+    assert gelu["captions"] == 12 and gelu["dtype"] == "float32" and gelu["max_abs_diff"] < 1.0
+    assert "tanh vs exact GELU scores" in printed
+    (variant,) = result["variants"]
+    assert variant["changes"] == {"policy_gradient": "sampling", "length_groups": 1}
+    assert variant["full"]["ms_per_step"] > 0 and variant["speedup"] > 0
+    assert "x the first row with policy_gradient=sampling, length_groups=1" in printed
+  else:
+    assert result["gelu_check"] is None and result["variants"] == []
+  assert summary["versions"]["jax"] == jax.__version__
 
   if HAS_TORCH:
     reference = result["torch"]

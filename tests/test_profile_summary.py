@@ -51,6 +51,16 @@ def test_phase_needs_a_whole_scope_name():
       "other")
 
 
+def test_scopes_inside_a_gradient_and_every_backward_op():
+  """The names JAX gives ops in a differentiated function (from the step's optimized HLO)."""
+  phase = lambda op: profile_summary.phase_of({"name": "k", "args": {"op": op}})
+  assert phase("jit(_fun)/jvp(decode)/while") == "decode"  # the sampling pass, differentiated
+  assert phase("jit(_fun)/jvp(reward)/mul") == "reward"
+  assert phase("jit(_fun)/jvp(policy_gradient)/while") == "policy_gradient"  # the replay
+  assert phase("jit(_fun)/transpose(jvp(decode))/while") == "policy_gradient"  # its backward
+  assert phase("jit(_fun)/transpose(jvp(policy_gradient))/dot") == "policy_gradient"
+
+
 def test_missing_or_hostonly_trace_is_reported(tmp_path):
   assert "no *.trace.json.gz" in profile_summary.summarize(str(tmp_path), 1)["note"]
   _write_trace(str(tmp_path), [{"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 5, "name": "h"}])

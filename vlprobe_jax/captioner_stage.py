@@ -22,8 +22,14 @@ def captioner_config(config, vocab_size: int) -> captioner_lib.CaptionerConfig:
 
 
 def checkpoint_meta(stage: str, cap_config: captioner_lib.CaptionerConfig, **more) -> dict:
-  """What a captioner stage's checkpoints are of (checked when they are restored)."""
-  return {"stage": stage, "captioner": dataclasses.asdict(cap_config), **more}
+  """What a captioner stage's checkpoints are of (checked when they are restored).
+
+  The params are float32 whatever the compute dtype (`captioner.dtype`), so the record keeps
+  "dtype" at float32: a bfloat16-compute SCST run starts from a float32-compute XE checkpoint,
+  and workdirs written before the compute dtype could change still match.
+  """
+  captioner = dict(dataclasses.asdict(cap_config), dtype="float32")
+  return {"stage": stage, "captioner": captioner, **more}
 
 
 class CaptionerTask:

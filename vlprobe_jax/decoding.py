@@ -30,22 +30,26 @@ ENDED_PENALTY = 1000.0
 
 
 def _decode(step_fn: StepFn, state: Any, batch: int, max_length: int,
-            choose: Callable[[jax.Array, jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array]:
+            choose: Callable[[jax.Array, jax.Array], jax.Array],
+            with_entropy: bool = False) -> tuple[jax.Array, ...]:
   """Shared loop of greedy and sampling: `choose(logprobs, t) -> tokens`."""
 
   def body(carry, t):
     tokens, state, finished = carry
     logprobs, state = step_fn(tokens, state, t)
-    chosen = choose(logprobs, t).astype(jnp.int32)
+    chosen = jax.lax.stop_gradient(choose(logprobs, t)).astype(jnp.int32)
     chosen_logprob = jnp.take_along_axis(logprobs, chosen[:, None], axis=-1)[:, 0]
     chosen = jnp.where(finished, 0, chosen)
     chosen_logprob = jnp.where(finished, 0.0, chosen_logprob)
     finished = finished | (chosen == 0)
-    return (chosen, state, finished), (chosen, chosen_logprob)
+    outputs = (chosen, chosen_logprob)
+    if with_entropy:
+      outputs += (-jnp.sum(jnp.exp(logprobs) * logprobs, axis=-1),)
+    return (chosen, state, finished), outputs
 
   init = (jnp.zeros((batch,), jnp.int32), state, jnp.zeros((batch,), bool))
-  _, (seq, logprobs) = jax.lax.scan(body, init, jnp.arange(max_length))
-  return seq.T, logprobs.T
+  _, outputs = jax.lax.scan(body, init, jnp.arange(max_length))
+  return tuple(x.T for x in outputs)
 
 
 def greedy(step_fn: StepFn, state: Any, batch: int, max_length: int):
@@ -55,17 +59,22 @@ def greedy(step_fn: StepFn, state: Any, batch: int, max_length: int):
 
 
 def sample(step_fn: StepFn, state: Any, batch: int, max_length: int, rng: jax.Array,
-           temperature: float = 1.0):
+           temperature: float = 1.0, with_entropy: bool = False):
   """Samples from softmax(logprobs / temperature); step t uses `fold_in(rng, t)`.
 
+  Differentiable in the params inside `step_fn`: the log-probs of the drawn tokens carry
+  gradients (the draws themselves do not), so a policy gradient can come from this pass.
+
   Returns (seq [batch, max_length] int32, logprobs of the chosen tokens under the untempered
-  distribution [batch, max_length]).
+  distribution [batch, max_length]) and, with `with_entropy`, the entropy of each step's
+  untempered distribution [batch, max_length] (after a row ends: that of the fed EOS, as in
+  `teacher_forced`).
   """
 
   def choose(logprobs, t):
     return jax.random.categorical(jax.random.fold_in(rng, t), logprobs / temperature, axis=-1)
 
-  return _decode(step_fn, state, batch, max_length, choose)
+  return _decode(step_fn, state, batch, max_length, choose, with_entropy)
 
 
 def beam_search(step_fn: StepFn, state: Any, batch: int, max_length: int, beam_size: int,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scorers
+from scorers import layers
 from scorers import tokens
 from vlprobe_jax.data import pipeline
 from vlprobe_jax.data.dataset import Split
@@ -33,6 +34,8 @@ from vlprobe_jax.data.dataset import Split
 
 # Narrower text widths the reward may score at; each is one more compiled copy of the scorer.
 _BUCKET_WIDTHS = (16, 24, 32, 40, 48)
+# Length groups hold at least this many captions: smaller groups leave an accelerator idle.
+MIN_GROUP_CAPTIONS = 64
 
 
 def text_width_buckets(full_width: int) -> tuple[int, ...]:
@@ -50,6 +53,64 @@ def bucket_index(buckets: tuple[int, ...], longest) -> jax.Array:
   return jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.asarray(longest, jnp.int32))
 
 
+def group_count(num_captions: int, max_groups: int) -> int:
+  """How many length groups the reward scores `num_captions` in (static): up to `max_groups`,
+  each of at least MIN_GROUP_CAPTIONS captions."""
+  return max(1, min(max_groups, num_captions // MIN_GROUP_CAPTIONS))
+
+
+def group_widths(lengths: np.ndarray, buckets: tuple[int, ...], groups: int) -> list[int]:
+  """Host mirror of the grouped reward: the width each length group is scored at.
+
+  Args:
+    lengths: [N] tokens per caption (specials included).
+  """
+  ordered = np.sort(np.asarray(lengths))
+  size = -(-len(ordered) // groups)
+  ordered = np.concatenate([np.full(size * groups - len(ordered), ordered[0]), ordered])
+  longest = ordered.reshape(groups, size).max(axis=1)
+  return [buckets[int(i)] for i in np.searchsorted(np.asarray(buckets), longest)]
+
+
+def score_by_length(branches, buckets: tuple[int, ...], groups: int, scorer_params,
+                    ids: jax.Array, mask: jax.Array, image_inputs) -> jax.Array:
+  """Scores ids, mask [N, W] in `groups` length groups, each at its own bucket width.
+
+  The captions are sorted by length (stable), split into `groups` equal groups (the shortest
+  caption repeated in front to fill the first when N does not divide), and `lax.map` scores
+  group after group, each through `lax.switch` at the narrowest bucket that holds its longest
+  caption; the scores go back to the captions' order. All shapes are static: one compiled copy
+  of the scorer per bucket, as with a single group. Only padding is cut, so the scores equal
+  the full-width ones (tests/test_scoring.py).
+
+  Returns:
+    [N] scores.
+  """
+  n = ids.shape[0]
+  if groups == 1:
+    bucket = bucket_index(buckets, jnp.max(jnp.sum(mask, axis=-1)))
+    return jax.lax.switch(bucket, branches, scorer_params, ids, mask, image_inputs)
+  order = jnp.argsort(jnp.sum(mask, axis=-1), stable=True)
+  size = -(-n // groups)
+  pad = size * groups - n
+  padded = jnp.concatenate([jnp.broadcast_to(order[:1], (pad,)), order]) if pad else order
+
+  def grouped(x):
+    return x[padded].reshape((groups, size) + x.shape[1:])
+
+  group_ids, group_mask = grouped(ids), grouped(mask)
+  group_images = jax.tree_util.tree_map(grouped, image_inputs)
+  group_bucket = bucket_index(buckets, jnp.max(jnp.sum(group_mask, axis=-1), axis=-1))
+
+  def one_group(args):
+    bucket, g_ids, g_mask, g_images = args
+    return jax.lax.switch(bucket, branches, scorer_params, g_ids, g_mask, g_images)
+
+  scores = jax.lax.map(one_group, (group_bucket, group_ids, group_mask, group_images))
+  scores = scores.reshape(-1)[pad:]
+  return jnp.zeros((n,), scores.dtype).at[order].set(scores, unique_indices=True)
+
+
 @dataclasses.dataclass
 class LoadedScorer:
   """One scorer of a run: its contract (`scorers.registry.Scorer`), config and params."""
@@ -60,6 +121,13 @@ class LoadedScorer:
   words: tuple[str, ...]  # the captioner vocabulary the table was built for
   max_caption_length: int
   source: str = ""  # where the params came from, for the logs and the report
+  # Kernels and numerics (scorers/layers.py `options`): "auto" attention = cuDNN's fused
+  # kernel on a GPU where it can run, else XLA's; gelu "exact" (the originals') or "tanh".
+  attention: str = "auto"
+  gelu: str = "exact"
+  # The reward scores captions in up to this many length groups, each at its own width
+  # (`score_by_length`); 1 scores the whole batch at its longest caption's width.
+  length_groups: int = 8
 
   def __post_init__(self):
     self.tokenizer = self.spec.tokenizer(self.config)
@@ -86,16 +154,21 @@ class LoadedScorer:
           f"trained with (scorers/{self.name}.py `tokenizer`, Config.vocab_path).")
 
   # -- inside the compiled step --------------------------------------------------------------
+  def options(self):
+    """The scorer's kernel and GELU choices; entered inside every traced scoring function."""
+    return layers.options(attention=self.attention, gelu=self.gelu)
+
   @functools.cached_property
   def reward_fn(self):
     """(scorer_params, word_ids [N, T], image_inputs) -> scores [N]; jittable.
 
-    The captions are re-tokenized at the worst-case width, then scored at the narrowest of
-    `width_buckets` that holds the batch's longest caption (`lax.switch`): only padding is cut,
-    as when a tokenizer pads to the longest caption of a batch, so the scores are the same.
+    The captions are re-tokenized at the worst-case width, then scored in up to
+    `length_groups` groups of similar length, each at the narrowest of `width_buckets` that
+    holds its longest caption (`score_by_length`): only padding is cut, as when a tokenizer pads
+    to the longest caption of a batch, so the scores are the same.
     """
     score, config, table = self.spec.score, self.config, self.table
-    width, buckets = self.width, self.width_buckets
+    width, buckets, max_groups = self.width, self.width_buckets, self.length_groups
 
     def score_at(bucket):
       return lambda p, ids, mask, images: score(p, config, ids[:, :bucket], mask[:, :bucket],
@@ -104,11 +177,13 @@ class LoadedScorer:
     branches = [score_at(bucket) for bucket in buckets]
 
     def reward_fn(scorer_params, word_ids, image_inputs):
-      ids, mask = tokens.retokenize(table, word_ids, width)
-      if len(branches) == 1:
-        return branches[0](scorer_params, ids, mask, image_inputs)
-      bucket = bucket_index(buckets, jnp.max(jnp.sum(mask, axis=-1)))
-      return jax.lax.switch(bucket, branches, scorer_params, ids, mask, image_inputs)
+      with self.options():
+        ids, mask = tokens.retokenize(table, word_ids, width)
+        if len(branches) == 1:
+          return branches[0](scorer_params, ids, mask, image_inputs)
+        groups = group_count(ids.shape[0], max_groups)
+        return score_by_length(branches, buckets, groups, scorer_params, ids, mask,
+                               image_inputs)
 
     return reward_fn
 
@@ -116,7 +191,12 @@ class LoadedScorer:
   def image_inputs_fn(self):
     """(scorer_params, raw scorer images) -> image inputs; jittable (for in-step use)."""
     image_inputs, config = self.spec.image_inputs, self.config
-    return lambda scorer_params, images: image_inputs(scorer_params, config, images)
+
+    def image_inputs_fn(scorer_params, images):
+      with self.options():
+        return image_inputs(scorer_params, config, images)
+
+    return image_inputs_fn
 
   def unrepresentable_words(self) -> list[str]:
     return tokens.unrepresentable_words(self.words, self.tokenizer, self.fmt)
@@ -138,7 +218,11 @@ class LoadedScorer:
   # -- host-side scoring of arbitrary strings -------------------------------------------------
   @functools.cached_property
   def _score_fn(self):
-    return jax.jit(lambda p, ids, mask, images: self.spec.score(p, self.config, ids, mask, images))
+    def score(p, ids, mask, images):
+      with self.options():
+        return self.spec.score(p, self.config, ids, mask, images)
+
+    return jax.jit(score)
 
   def score_texts(self, captions: list[str], split: Split, image_index: np.ndarray | None = None,
                   batch_size: int = 256) -> np.ndarray:
@@ -205,7 +289,8 @@ def load_scorers(config, names: list[str], dataset, workdir: str) -> dict[str, L
       scorer_config = dataclasses.replace(scorer_config, dtype=config.scorer_dtype)
     longest = max(config.eval.max_length, config.scst.max_length if "scst" in config else 0)
     scorer = LoadedScorer(name, spec, scorer_config, jax.tree_util.tree_map(jnp.asarray, params),
-                          dataset.vocab.words, longest, source)
+                          dataset.vocab.words, longest, source,
+                          gelu=config.get("scorer_gelu") or "exact")
     missing = scorer.unrepresentable_words()
     if missing:
       shown = ", ".join(missing[:30]) + (" ..." if len(missing) > 30 else "")

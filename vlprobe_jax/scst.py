@@ -8,8 +8,10 @@ baseline, the masked policy-gradient loss, gradients summed over devices, the op
 
 Loss (self-critical.pytorch RewardCriterion): -sum(logp(sample_t) * advantage * mask_t) /
 sum(mask), mask = (seq > 0) shifted right with a leading 1 (the first EOS counts). The log-probs
-come from a teacher-forced pass over the samples that reuses the sampling pass's dropout masks, so
-they are exactly the log-probs of the policy that drew the samples.
+are exactly those of the policy that drew the samples: either from a teacher-forced replay over
+the samples that reuses the sampling pass's dropout masks (`scst.policy_gradient="replay"`), or
+kept from the sampling pass itself, back-propagated through its scan ("sampling"; one forward
+pass fewer).
 Baselines: "greedy" (the paper: the greedy caption's score) or "mean" (the mean score of the
 other K-1 samples of the same image; new self-critical, arXiv 2003.09971).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +65,79 @@ def repeat_images(tree: Any, times: int) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.repeat(x, times, axis=0), tree)
 
 
+# Where the policy gradient's log-probs come from: "replay" runs the captioner a second time,
+# teacher-forced over the samples (the same dropout masks); "sampling" keeps them from the
+# sampling pass and back-propagates through it, which saves that second forward pass. Both give
+# the same log-probs and gradients (tests/test_scst.py).
+POLICY_GRADIENT_PASSES = ("replay", "sampling")
+
+
+class Rewarded(NamedTuple):
+  """The samples of one step and what their scores make of them."""
+  sample_seq: jax.Array  # [N, T]
+  sample_scores: jax.Array  # [B, K]
+  greedy_scores: jax.Array  # [B]
+  advantage: jax.Array  # [N]
+  mask: jax.Array  # [N, T]
+  global_tokens: jax.Array  # the loss normaliser: mask.sum() over every device
+
+
+def policy_gradient(config: captioner_lib.CaptionerConfig, params: Any, fc_samples: jax.Array,
+                    reward: Callable[[jax.Array], Rewarded], *, rng_sample: jax.Array,
+                    rng_dropout: jax.Array, max_length: int, temperature: float, mode: str):
+  """Draws the samples, scores them and differentiates the policy-gradient loss.
+
+  Args:
+    params: the captioner params (differentiated).
+    fc_samples: [N, D] image features, one row per sample.
+    reward: sample_seq [N, T] -> `Rewarded` (no gradient flows through it).
+    mode: one of POLICY_GRADIENT_PASSES.
+
+  Returns:
+    ((loss, (entropy [N, T], Rewarded)), gradients).
+  """
+  if mode not in POLICY_GRADIENT_PASSES:
+    raise ValueError(f"config.scst.policy_gradient must be one of {POLICY_GRADIENT_PASSES}; "
+                     f"found {mode!r}.")
+  num = fc_samples.shape[0]
+
+  def draw(p, with_entropy):
+    init = decoding.initial_state(config, p, fc_samples)
+    return decoding.sample(decoding.captioner_step_fn(config, p, rng_dropout), init, num,
+                           max_length, rng_sample, temperature, with_entropy=with_entropy)
+
+  if mode == "replay":
+    with jax.named_scope("decode"):
+      sample_seq, _ = draw(jax.lax.stop_gradient(params), False)
+    rewarded = reward(sample_seq)
+    inputs = jnp.concatenate([jnp.zeros_like(sample_seq[:, :1]), sample_seq[:, :-1]], axis=1)
+
+    def loss_fn(p):
+      with jax.named_scope("policy_gradient"):
+        token_logprobs, entropy = decoding.teacher_forced(config, p, fc_samples, inputs,
+                                                          sample_seq, dropout_rng=rng_dropout)
+        loss = policy_gradient_loss(token_logprobs, rewarded.advantage, rewarded.mask,
+                                    rewarded.global_tokens)
+      return loss, (entropy, rewarded)
+  else:
+
+    def loss_fn(p):
+      with jax.named_scope("decode"):
+        sample_seq, token_logprobs, entropy = draw(p, True)
+      rewarded = reward(jax.lax.stop_gradient(sample_seq))
+      with jax.named_scope("policy_gradient"):
+        loss = policy_gradient_loss(token_logprobs, rewarded.advantage, rewarded.mask,
+                                    rewarded.global_tokens)
+      return loss, (entropy, rewarded)
+
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
 def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any],
                     rng: jax.Array, *, config: captioner_lib.CaptionerConfig,
                     reward_fn: RewardFn, num_samples: int, baseline: str, max_length: int,
-                    temperature: float = 1.0, image_inputs_fn: Callable | None = None):
+                    temperature: float = 1.0, image_inputs_fn: Callable | None = None,
+                    policy_gradient_pass: str = "replay"):
   """One SCST step on one device's shard of images (call through `make_p_scst_step`).
 
   Args:
@@ -76,6 +147,7 @@ def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any]
       with leading dim B; or, with `image_inputs_fn`, the raw scorer images, turned into inputs
       here once per image).
     rng: this step's key on this device.
+    policy_gradient_pass: one of POLICY_GRADIENT_PASSES.
 
   Returns:
     (new state, measurements of scalars, still on the device).
@@ -87,38 +159,31 @@ def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any]
       images = image_inputs_fn(scorer_params, images)
   num_images = fc.shape[0]
   rng_sample, rng_dropout = jax.random.split(rng)
-  params = jax.lax.stop_gradient(state.params)
 
   # The named scopes label the phases in profiler traces (vlprobe_jax/bench/profile.py).
   with jax.named_scope("decode"):
-    greedy_seq, _ = decoding.decode_captions(config, params, fc, max_length, method="greedy")
-    fc_samples = jnp.repeat(fc, num_samples, axis=0)
-    init = decoding.initial_state(config, params, fc_samples)
-    sample_seq, _ = decoding.sample(decoding.captioner_step_fn(config, params, rng_dropout), init,
-                                    num_images * num_samples, max_length, rng_sample, temperature)
-
+    greedy_seq, _ = decoding.decode_captions(config, jax.lax.stop_gradient(state.params), fc,
+                                             max_length, method="greedy")
+  fc_samples = jnp.repeat(fc, num_samples, axis=0)
   # One scorer call for greedy and samples together.
-  all_seq = jnp.concatenate([greedy_seq, sample_seq], axis=0)
   all_images = jax.tree_util.tree_map(
       lambda x: jnp.concatenate([x, jnp.repeat(x, num_samples, axis=0)], axis=0), images)
-  with jax.named_scope("reward"):
-    scores = jax.lax.stop_gradient(reward_fn(scorer_params, all_seq, all_images))
-  greedy_scores = scores[:num_images]
-  sample_scores = scores[num_images:].reshape(num_images, num_samples)
-  advantage = advantages(sample_scores, greedy_scores, baseline).reshape(-1)
 
-  mask = sequence_mask(sample_seq)
-  inputs = jnp.concatenate([jnp.zeros_like(sample_seq[:, :1]), sample_seq[:, :-1]], axis=1)
-  global_tokens = jax.lax.psum(mask.sum(), AXIS)
+  def reward(sample_seq) -> Rewarded:
+    all_seq = jnp.concatenate([greedy_seq, sample_seq], axis=0)
+    with jax.named_scope("reward"):
+      scores = jax.lax.stop_gradient(reward_fn(scorer_params, all_seq, all_images))
+    greedy_scores = scores[:num_images]
+    sample_scores = scores[num_images:].reshape(num_images, num_samples)
+    advantage = advantages(sample_scores, greedy_scores, baseline).reshape(-1)
+    mask = sequence_mask(sample_seq)
+    return Rewarded(sample_seq, sample_scores, greedy_scores, advantage, mask,
+                    jax.lax.psum(mask.sum(), AXIS))
 
-  def loss_fn(params):
-    token_logprobs, entropy = decoding.teacher_forced(config, params, fc_samples, inputs,
-                                                      sample_seq, dropout_rng=rng_dropout)
-    loss = policy_gradient_loss(token_logprobs, advantage, mask, global_tokens)
-    return loss, entropy
-
+  (local_loss, (entropy, rewarded)), grads = policy_gradient(
+      config, state.params, fc_samples, reward, rng_sample=rng_sample, rng_dropout=rng_dropout,
+      max_length=max_length, temperature=temperature, mode=policy_gradient_pass)
   with jax.named_scope("policy_gradient"):
-    (local_loss, entropy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.psum(grads, AXIS)
   with jax.named_scope("update"):
     new_state = state.apply_gradients(grads=grads)
@@ -126,13 +191,14 @@ def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any]
   def mean(x):
     return jax.lax.pmean(jnp.mean(x), AXIS)
 
+  sample_seq, mask, global_tokens = rewarded.sample_seq, rewarded.mask, rewarded.global_tokens
   lengths = jnp.sum(sample_seq > 0, axis=1)
   measurements = {
       "train/loss": jax.lax.psum(local_loss, AXIS),
-      "reward/sample_mean": mean(sample_scores),
-      "reward/greedy_mean": mean(greedy_scores),
-      "reward/advantage_mean": mean(advantage),
-      "reward/advantage_std": jax.lax.pmean(jnp.std(advantage), AXIS),
+      "reward/sample_mean": mean(rewarded.sample_scores),
+      "reward/greedy_mean": mean(rewarded.greedy_scores),
+      "reward/advantage_mean": mean(rewarded.advantage),
+      "reward/advantage_std": jax.lax.pmean(jnp.std(rewarded.advantage), AXIS),
       "sample/length_mean": mean(lengths),
       "greedy/length_mean": mean(jnp.sum(greedy_seq > 0, axis=1)),
       "sample/eos_rate": mean(jnp.any(sample_seq == 0, axis=1)),
@@ -144,14 +210,16 @@ def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any]
 
 def make_p_scst_step(config: captioner_lib.CaptionerConfig, reward_fn: RewardFn,
                      num_samples: int, baseline: str, max_length: int,
-                     temperature: float = 1.0, devices=None, image_inputs_fn=None):
+                     temperature: float = 1.0, devices=None, image_inputs_fn=None,
+                     policy_gradient_pass: str = "replay"):
   """pmapped `scst_train_step`: (state, scorer_params, batch, rng), each with a device axis.
 
   The captioner state is donated; the scorer params are not (they are reused every step).
   """
   step = functools.partial(scst_train_step, config=config, reward_fn=reward_fn,
                            num_samples=num_samples, baseline=baseline, max_length=max_length,
-                           temperature=temperature, image_inputs_fn=image_inputs_fn)
+                           temperature=temperature, image_inputs_fn=image_inputs_fn,
+                           policy_gradient_pass=policy_gradient_pass)
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
@@ -176,7 +244,8 @@ class SCSTTask(captioner_stage.CaptionerTask):
     self.p_step = make_p_scst_step(self.cap_config, scorer.reward_fn, scfg.num_samples,
                                    scfg.baseline, scfg.max_length, scfg.temperature,
                                    devices=self.devices,
-                                   image_inputs_fn=None if self.cached else scorer.image_inputs_fn)
+                                   image_inputs_fn=None if self.cached else scorer.image_inputs_fn,
+                                   policy_gradient_pass=scfg.get("policy_gradient", "replay"))
     self.step_rng = jax.random.fold_in(jax.random.key(config.seed), 2)
     self.scorer_params = None
     self.train_images = None

@@ -189,6 +189,8 @@ def _check_stages(c: _Checker) -> None:
       c.existing_path(f"scorer_checkpoints.{name}", "the checkpoint")
   if "scorer_dtype" in config:
     c.one_of("scorer_dtype", ("", "float32", "bfloat16"))
+  if "scorer_gelu" in config:
+    c.one_of("scorer_gelu", ("exact", "tanh"))
   if "scorer_pretrain" in config:
     for field in ("steps", "warmup_steps"):
       c.int_at_least(f"scorer_pretrain.{field}", 1 if field == "steps" else 0)
@@ -209,6 +211,8 @@ def _check_scst(c: _Checker) -> None:
     c.fail("scst.num_samples", "the mean baseline compares each sample with the mean of the "
                                "other samples of its image, so it needs at least 2 (or use "
                                "scst.baseline=greedy)")
+  if c.has("scst.policy_gradient"):  # absent in configs written before it: "replay"
+    c.one_of("scst.policy_gradient", ("replay", "sampling"))
   c.positive("scst.temperature")
   c.int_at_least("scst.max_length", 1)
 
@@ -267,3 +271,16 @@ def _check_bench(c: _Checker) -> None:
   for field in ("warmup", "repeats", "steps_per_repeat", "pool_batches"):
     c.int_at_least(field, 1)
   c.existing_path("scorer_checkpoint", "the checkpoint")
+  c.one_of("captioner.dtype", ("float32", "bfloat16"))
+  for field, choices in (("attention", ("auto", "xla", "cudnn")), ("gelu", ("exact", "tanh")),
+                         ("policy_gradient", ("replay", "sampling"))):
+    if c.has(field):
+      c.one_of(field, choices)
+  if c.has("length_groups"):
+    c.int_at_least("length_groups", 1)
+  if c.has("variants"):
+    from vlprobe_jax.bench import build  # pylint: disable=g-import-not-at-top
+    try:
+      build.parse_variants(c.config.variants)
+    except ValueError as error:
+      c.problems.append(str(error))

@@ -85,6 +85,7 @@ class Setup:
   cap_config: captioner_lib.CaptionerConfig
   cap_params: Any
   devices: list
+  policy_gradient: str = "replay"  # the SCST step's log-probs: "replay" or "sampling"
 
 
 def random_params(init_fn, config, seed: int):
@@ -133,8 +134,53 @@ def build(config, devices) -> Setup:
                              config.seed + 1)
   scorer = scoring.LoadedScorer(config.scorer, spec, scorer_config, scorer_params, words,
                                 config.max_length,
-                                source=config.scorer_checkpoint or "random init")
-  return Setup(config.scorer, spec, scorer, cap_config, cap_params, devices)
+                                source=config.scorer_checkpoint or "random init",
+                                attention=config.attention, gelu=config.gelu,
+                                length_groups=config.length_groups)
+  return Setup(config.scorer, spec, scorer, cap_config, cap_params, devices,
+               config.policy_gradient)
+
+
+# The settings a variant may change (config.variants), with the values each takes.
+VARIANT_FIELDS = {"attention": ("auto", "xla", "cudnn"), "gelu": ("exact", "tanh"),
+                  "policy_gradient": ("replay", "sampling"),
+                  "captioner_dtype": ("float32", "bfloat16"), "length_groups": None}
+
+
+def parse_variants(text: str) -> list[dict[str, Any]]:
+  """config.variants 'attention=xla;gelu=tanh,length_groups=1' -> [{'attention': 'xla'},
+  {'gelu': 'tanh', 'length_groups': 1}]: ';' separates variants, ',' joins changes."""
+  variants = []
+  for item in filter(None, (part.strip() for part in str(text or "").split(";"))):
+    changes = {}
+    for change in filter(None, (c.strip() for c in item.split(","))):
+      field, _, value = change.partition("=")
+      field, value = field.strip(), value.strip()
+      allowed = VARIANT_FIELDS.get(field, ())
+      if field == "length_groups" and value.isdigit() and int(value) >= 1:
+        changes[field] = int(value)
+      elif allowed and value in allowed:
+        changes[field] = value
+      else:
+        raise ValueError(f"config.variants: {change!r} in {text!r}; expected field=value with "
+                         f"field one of {', '.join(VARIANT_FIELDS)} (length_groups a positive "
+                         "integer; the others one of " + "; ".join(
+                             f"{k}: {'/'.join(v)}" for k, v in VARIANT_FIELDS.items() if v)
+                         + ").")
+    variants.append(changes)
+  return variants
+
+
+def variant_setup(setup: Setup, changes: dict[str, Any]) -> Setup:
+  """`setup` with a variant's changes (its own LoadedScorer, so its own compiled reward)."""
+  scorer_changes = {k: v for k, v in changes.items() if k in ("attention", "gelu", "length_groups")}
+  scorer = dataclasses.replace(setup.scorer, **scorer_changes) if scorer_changes else setup.scorer
+  cap_config = setup.cap_config
+  if "captioner_dtype" in changes:
+    cap_config = dataclasses.replace(cap_config, dtype=changes["captioner_dtype"])
+  return dataclasses.replace(setup, scorer=scorer, cap_config=cap_config,
+                             policy_gradient=changes.get("policy_gradient",
+                                                         setup.policy_gradient))
 
 
 def raw_images(setup: Setup, num_images: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

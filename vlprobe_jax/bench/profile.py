@@ -5,8 +5,9 @@ Chrome-trace `*.trace.json.gz` of the newest run in it) and returns, per step:
   * the device window (first kernel start to last kernel end) and how much of it some kernel was
     running ("busy"); the rest is the device waiting on the host, launches or syncs;
   * kernel time by phase of the SCST step, from the `jax.named_scope` labels in
-    `scst.scst_train_step` ("decode", "reward", "policy_gradient", "update", "image_inputs")
-    that XLA keeps in the ops' metadata (read from the step's optimized HLO, `HLO_FILE`, when
+    `scst.scst_train_step` ("decode", "reward", "policy_gradient", "update", "image_inputs";
+    every backward op, "transpose(jvp(...))", counts as "policy_gradient") that XLA keeps in
+    the ops' metadata (read from the step's optimized HLO, `HLO_FILE`, when
     it lies beside the trace, and from the events' own arguments);
   * the kernels that take the most time, with their phase.
 Only device events count ("/device:GPU:..." or "/device:TPU:..." processes); a CPU trace has
@@ -66,8 +67,12 @@ def phase_of(event: dict, op_names: dict[str, str] | None = None) -> str:
   if op_names:
     text += " " + " ".join(op_names.get(str(key), "") for key in
                            (args.get("hlo_op"), event.get("name")) if key)
-  for phase in PHASES:
-    if re.search(rf"(^|[/\s]){phase}(/|$|\s)", text):
+  # Every backward pass of the step is the policy gradient's, whichever scope its forward had
+  # ("transpose(jvp(decode))" when the log-probs come from the sampling pass).
+  if "transpose(jvp(" in text:
+    return "policy_gradient"
+  for phase in PHASES:  # A scope inside a differentiated function reads "jvp(decode)".
+    if re.search(rf"(^|[/\s(]){phase}(/|$|\s|\))", text):
       return phase
   return "other"
 

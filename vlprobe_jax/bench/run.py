@@ -35,9 +35,11 @@ from vlprobe_jax import devices as devices_lib
 from vlprobe_jax import scoring
 from vlprobe_jax import scst
 from vlprobe_jax import training
+from vlprobe_jax.bench import checks
 from vlprobe_jax.bench import profile as profile_summary
 from vlprobe_jax.bench import table as bench_table
-from vlprobe_jax.bench.build import Setup, batch_sizes, build, raw_images
+from vlprobe_jax.bench.build import (Setup, batch_sizes, build, parse_variants, raw_images,
+                                     variant_setup)
 from vlprobe_jax.data import pipeline
 
 def _compile(fn, *args) -> tuple[Any, float]:
@@ -98,12 +100,6 @@ def _decode(params, fc, rng, *, cap_config, num_samples, max_length):
   return jnp.concatenate([greedy_seq, sample_seq], axis=0)
 
 
-def _caption_images(images, num_samples):
-  """Per-image inputs -> per-caption inputs in the step's order (greedy, then samples)."""
-  return jax.tree_util.tree_map(
-      lambda x: jnp.concatenate([x, jnp.repeat(x, num_samples, axis=0)], axis=0), images)
-
-
 def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]:
   """Decode only, re-tokenize + score, score on pre-tokenized ids.
 
@@ -120,7 +116,7 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]
                         devices_lib.device_sharding(devices))
   decode = jax.pmap(functools.partial(_decode, cap_config=setup.cap_config, num_samples=k,
                                       max_length=config.max_length), devices=devices)
-  reward = jax.pmap(lambda p, seqs, images: scorer.reward_fn(p, seqs, _caption_images(images, k)),
+  reward = jax.pmap(lambda p, seqs, images: scorer.reward_fn(p, seqs, checks.caption_images(images, k)),
                     devices=devices)
   retok = jax.pmap(lambda seqs: tokens.retokenize(scorer.table, seqs, scorer.width),
                    devices=devices)
@@ -132,11 +128,12 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]
   seqs = decode_c(params, fc, keys)
   reward_c, compile_s["reward"] = _compile(reward, scorer_params, seqs, images)
   ids, mask = retok(seqs)
-  # The width the reward's lax.switch picks for this batch (its longest caption's bucket).
-  longest = int(np.max(np.sum(np.asarray(jax.device_get(mask)), axis=-1)))
+  lengths = np.sum(np.asarray(jax.device_get(mask)), axis=-1)  # [devices, captions per device]
+  # The width a single group would be scored at (the batch's longest caption's bucket).
+  longest = int(np.max(lengths))
   bucket = scorer.width_buckets[int(scoring.bucket_index(scorer.width_buckets, longest))]
   ids, mask = ids[..., :bucket], mask[..., :bucket]
-  caption_images = jax.pmap(lambda x: _caption_images(x, k), devices=devices)(images)
+  caption_images = jax.pmap(lambda x: checks.caption_images(x, k), devices=devices)(images)
   score_c, compile_s["score"] = _compile(score, scorer_params, ids, mask, caption_images)
   calls = {"decode": lambda: decode_c(params, fc, keys),
            "reward": lambda: reward_c(scorer_params, seqs, images),
@@ -146,11 +143,18 @@ def time_parts(setup: Setup, config, batch, num_images: int) -> tuple[dict, Any]
            for name, call in calls.items()}
   parts["score"]["text_width"] = bucket
   parts["score"]["longest_caption_tokens"] = longest
+  # The widths the reward's length groups are scored at on device 0 (scoring.score_by_length).
+  groups = scoring.group_count(lengths.shape[1], scorer.length_groups)
+  widths = (scoring.group_widths(lengths[0], scorer.width_buckets, groups)
+            if len(scorer.width_buckets) > 1 else [scorer.width])
+  parts["reward"].update(length_groups=groups, group_widths=widths,
+                         mean_width=float(np.mean(widths)),
+                         mean_caption_tokens=float(lengths.mean()))
   return parts, seqs
 
 
 def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images: int,
-                   in_step: bool) -> dict[str, Any]:
+                   in_step: bool, with_profile: bool = True) -> dict[str, Any]:
   """The compiled SCST step fed by BatchIterator; returns its timing, data wait, measurements.
 
   `pool` holds per image "fc_feats" and "image_inputs": the scorer's cached image inputs, or
@@ -160,7 +164,8 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
   sharding = devices_lib.device_sharding(devices)
   p_step = scst.make_p_scst_step(setup.cap_config, scorer.reward_fn, k, config.baseline,
                                  config.max_length, devices=devices,
-                                 image_inputs_fn=scorer.image_inputs_fn if in_step else None)
+                                 image_inputs_fn=scorer.image_inputs_fn if in_step else None,
+                                 policy_gradient_pass=setup.policy_gradient)
   tx = training.make_optimizer(config.lr, config.grad_clip)
   state = devices_lib.replicate(training.TrainState.create(apply_fn=None, params=setup.cap_params, tx=tx),
                              devices)
@@ -200,7 +205,7 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
       times.append((time.perf_counter() - start) / config.steps_per_repeat)
       waits.append((iterator.wait_seconds - waited) / config.steps_per_repeat)
     profile = None
-    if config.profile_dir:
+    if with_profile and config.profile_dir:
       path = os.path.join(config.profile_dir, f"{setup.name}_images{num_images}")
       os.makedirs(path, exist_ok=True)
       # The optimized HLO names each kernel's ops (and their named scopes) for the summary.
@@ -221,36 +226,6 @@ def time_full_step(setup: Setup, config, pool: dict[str, np.ndarray], num_images
           "wait_fraction": wait_s / step_s}
   scalars = {key: float(value) for key, value in devices_lib.unreplicate(measurements).items()}
   return {"full": full, "data": data, "measurements": scalars, "profile": profile}
-
-
-def dtype_check(setup: Setup, seqs: np.ndarray, raw: dict[str, np.ndarray],
-                num_samples: int) -> dict[str, float]:
-  """Scores of the same captions with float32 and with bfloat16 compute (image side included).
-
-  Args:
-    seqs: [N, T] captions, greedy of n images then their K samples (N = n * (K + 1)).
-    raw: the n images' raw scorer inputs.
-  """
-  spec, params, table = setup.spec, setup.scorer.params, setup.scorer.table
-  ids, mask = tokens.retokenize(table, jnp.asarray(seqs), setup.scorer.width)
-  scores = {}
-  for dtype in ("float32", "bfloat16"):
-    cfg = dataclasses.replace(setup.scorer.config, dtype=dtype)
-
-    def score(p, i, m, x, cfg=cfg):
-      images = x if setup.name == "clip" else spec.image_inputs(p, cfg, x)
-      return spec.score(p, cfg, i, m, _caption_images(images, num_samples))
-
-    scores[dtype] = np.asarray(jax.jit(score)(params, ids, mask, raw), np.float64)
-  full, half = scores["float32"], scores["bfloat16"]
-  n = len(full) // (num_samples + 1)
-  advantage = lambda s: s[n:].reshape(n, num_samples) - s[:n, None]
-  diff = np.abs(half - full)
-  return {"captions": int(len(full)), "max_abs_diff": float(diff.max()),
-          "mean_abs_diff": float(diff.mean()), "fp32_mean": float(full.mean()),
-          "fp32_std": float(full.std()),
-          "advantage_sign_agreement": float(np.mean(np.sign(advantage(full))
-                                                    == np.sign(advantage(half))))}
 
 
 def run_reference(setup: Setup, config, fc: np.ndarray, raw: dict[str, np.ndarray]):
@@ -289,7 +264,8 @@ def image_inputs_in_step(setup: Setup, config) -> bool:
 
 def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
                 with_reference: bool = True) -> dict[str, Any]:
-  """All timings for one batch size (and the bf16-vs-fp32 score check when `check_dtype`)."""
+  """All timings for one batch size, the full step of each of config.variants, and (when
+  `check_dtype`) the bf16-vs-fp32 and tanh-vs-exact GELU score checks."""
   if num_images % len(setup.devices):
     raise ValueError(f"config.images_per_batch: {num_images} images do not split over "
                      f"{len(setup.devices)} devices; use a multiple of the device count.")
@@ -320,11 +296,19 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
   parts["update"] = {"ms_per_step": parts["full"]["ms_per_step"] - sum(
       parts[name]["ms_per_step"] for name in subtracted), "derived": " - ".join(("full",)
                                                                                 + subtracted)}
-  # The dtype check uses device 0's share: its images are the first rows of the batch.
+  variants = []
+  for changes in parse_variants(config.variants):
+    timed = time_full_step(variant_setup(setup, changes), config, pool, num_images, in_step,
+                           with_profile=False)
+    variants.append({"changes": changes, "full": timed["full"],
+                     "speedup": parts["full"]["ms_per_step"] / timed["full"]["ms_per_step"]})
+  # The score checks use device 0's share: its images are the first rows of the batch.
   local = np.asarray(jax.device_get(seqs))[0]
   local_images = len(local) // (config.num_samples + 1)
-  check = dtype_check(setup, local, {k: v[:local_images] for k, v in raw.items()},
-                      config.num_samples) if check_dtype and config.dtype_check else None
+  numerics = checks.numerics_checks(
+      setup, local, {k: v[:local_images] for k, v in raw.items()}, config.num_samples,
+      dtype_check=check_dtype and config.dtype_check,
+      gelu_check=check_dtype and config.gelu_check)
   if with_reference:
     reference, skipped = run_reference(setup, config, fc[:num_images],
                                        {k: v[:num_images] for k, v in raw.items()})
@@ -338,8 +322,22 @@ def bench_batch(setup: Setup, config, num_images: int, check_dtype: bool = True,
   return {"images_per_batch": num_images,
           "captions_per_step": num_images * (config.num_samples + 1),
           "jax": {"parts": parts, "data": full["data"], "measurements": full["measurements"]},
-          "torch": reference, "torch_skipped": skipped, "ratio": ratio, "dtype_check": check,
-          "profile": full["profile"]}
+          "torch": reference, "torch_skipped": skipped, "ratio": ratio,
+          "dtype_check": numerics["dtype"], "gelu_check": numerics["gelu"],
+          "variants": variants, "profile": full["profile"]}
+
+
+def versions() -> dict[str, str]:
+  """The software the numbers come from (torch only when it is already imported)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  import flax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  out = {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
+         else "", "flax": flax.__version__, "optax": optax.__version__,
+         "python": sys.version.split()[0]}
+  if "torch" in sys.modules:
+    out["torch"] = sys.modules["torch"].__version__
+  return out
 
 
 def run(config) -> dict[str, Any]:
@@ -357,6 +355,9 @@ def run(config) -> dict[str, Any]:
       "device": f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})",
       "num_devices": len(devices), "dtype": setup.scorer.config.dtype,
       "captioner_dtype": setup.cap_config.dtype, "vocab_size": setup.cap_config.vocab_size,
+      "attention": setup.scorer.attention, "gelu": setup.scorer.gelu,
+      "length_groups": setup.scorer.length_groups, "policy_gradient": setup.policy_gradient,
+      "versions": versions(),
       "multi_piece_words": int(np.sum(setup.scorer.table.npieces[1:] > 1)),
       "max_pieces": int(setup.scorer.table.max_pieces), "num_samples": config.num_samples,
       "max_length": config.max_length, "timing": (f"median of {config.repeats} x "
