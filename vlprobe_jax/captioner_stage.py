@@ -33,7 +33,8 @@ class CaptionerTask:
   def __init__(self, config, dataset, stage_dir: str, block):
     self.config, self.dataset, self.stage_dir, self.block = config, dataset, stage_dir, block
     self.cap_config = captioner_config(config, dataset.vocab.size)
-    self.devices = jax.local_devices()
+    self.devices = jax.local_devices()  # where this process places its state and batches
+    self.pmap_devices = devices_lib.pmap_devices()  # what the pmapped step reduces over
     self.rows = pipeline.EpochRows(len(dataset["train"]), block.images_per_batch,
                                    seed=config.seed)
     self.steps_per_epoch = self.rows.steps_per_epoch

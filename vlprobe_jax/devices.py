@@ -9,6 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def pmap_devices() -> list:
+  """The `devices=` of every pmapped step: all devices of all processes, in the same order on
+  each process, as `jax.pmap` requires with several processes. Given only the local devices, a
+  pmap's psum reduces over those alone: every process would train its own model.
+  """
+  return jax.devices()
+
+
 def device_sharding(devices: list) -> jax.sharding.NamedSharding:
   """Splits axis 0 over `devices`: the layout pmap takes its inputs in."""
   mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
