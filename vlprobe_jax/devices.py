@@ -17,10 +17,16 @@ def pmap_devices() -> list:
   return jax.devices()
 
 
-def device_sharding(devices: list) -> jax.sharding.NamedSharding:
-  """Splits axis 0 over `devices`: the layout pmap takes its inputs in."""
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+# The axis name of the pmapped training steps (`training.AXIS`). pmap's outputs are laid out
+# over a mesh with this axis name, so placing states and batches on the same layout means the
+# step's own output state is an input it has seen: it compiles once, not again at step 2.
+PMAP_AXIS = "batch"
+
+
+def device_sharding(devices: list, axis_name: str = PMAP_AXIS) -> jax.sharding.NamedSharding:
+  """Splits axis 0 over `devices`: the layout pmap takes its inputs in (and gives its outputs)."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
 
 
 def replicate(tree: Any, devices: list | None = None) -> Any:

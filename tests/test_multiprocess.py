@@ -1,0 +1,30 @@
+"""Several processes: the fixes the multi-process run needed, each checked in one process."""
+
+import logging
+
+import jax
+import numpy as np
+
+from vlprobe_jax import devices
+
+
+def test_a_step_on_its_own_output_state_compiles_once():
+  step = jax.pmap(lambda s, b: (s + jax.lax.psum(b.sum(), devices.PMAP_AXIS), b.mean()),
+                  axis_name=devices.PMAP_AXIS, donate_argnums=(0,))
+  local = jax.local_devices()
+  state = devices.replicate(np.zeros(3, np.float32), local)
+  compiles = []
+  handler = logging.Handler()
+  handler.emit = lambda record: compiles.append(record.getMessage())
+  logger = logging.getLogger("jax._src.interpreters.pxla")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles():
+      for _ in range(3):
+        batch = jax.device_put(np.ones((len(local), 2), np.float32),
+                               devices.device_sharding(local))
+        state, _ = step(state, batch)
+  finally:
+    logger.removeHandler(handler)
+  assert len([m for m in compiles if m.startswith("Compiling")]) == 1, compiles
+  np.testing.assert_allclose(devices.unreplicate(state), np.full(3, 6.0 * len(local)))
