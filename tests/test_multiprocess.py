@@ -28,3 +28,13 @@ def test_a_step_on_its_own_output_state_compiles_once():
     logger.removeHandler(handler)
   assert len([m for m in compiles if m.startswith("Compiling")]) == 1, compiles
   np.testing.assert_allclose(devices.unreplicate(state), np.full(3, 6.0 * len(local)))
+
+
+def test_step_keys_are_raw_key_data_with_the_same_bits():
+  from vlprobe_jax import captioner_stage  # pylint: disable=import-outside-toplevel
+  task = captioner_stage.CaptionerTask.__new__(captioner_stage.CaptionerTask)
+  task.devices = jax.local_devices()
+  keys = task.step_keys(jax.random.key(3), 5)
+  assert keys.dtype == np.uint32 and keys.shape == (len(task.devices), 2)
+  typed = devices.device_keys(jax.random.key(3), 5, len(task.devices))
+  np.testing.assert_array_equal(keys, jax.random.key_data(typed))

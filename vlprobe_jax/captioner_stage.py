@@ -57,8 +57,15 @@ class CaptionerTask:
     return devices_lib.unreplicate(placed)
 
   def step_keys(self, rng: jax.Array, step: int) -> jax.Array:
-    return devices_lib.device_keys(rng, step, len(self.devices), jax.process_index(),
-                                   jax.process_count())
+    """[local devices, 2] uint32: this process's device keys of `step`, as raw key data.
+
+    Raw data, not typed key arrays: with several processes pmap turns a typed key argument
+    into a host array and copies it to the devices again (a host-to-device transfer that
+    SCST's transfer guard refuses); a uint32 array already on the devices is used as it is.
+    The random bits are the same.
+    """
+    return jax.random.key_data(devices_lib.device_keys(
+        rng, step, len(self.devices), jax.process_index(), jax.process_count()))
 
   def val_captions(self, params) -> list[str]:
     return evaluation.split_captions(self.cap_config, params, self.dataset["val"],
