@@ -38,3 +38,11 @@ def test_step_keys_are_raw_key_data_with_the_same_bits():
   assert keys.dtype == np.uint32 and keys.shape == (len(task.devices), 2)
   typed = devices.device_keys(jax.random.key(3), 5, len(task.devices))
   np.testing.assert_array_equal(keys, jax.random.key_data(typed))
+
+
+def test_unreplicate_reads_the_first_local_copy():
+  tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(7)}
+  host = devices.unreplicate(devices.replicate(tree))
+  np.testing.assert_array_equal(host["w"], tree["w"])
+  assert isinstance(host["step"], np.ndarray) and host["step"].shape == () and host["step"] == 7
+  assert devices.unreplicate({"x": np.array([[1, 2], [1, 2]])})["x"].tolist() == [1, 2]

@@ -38,8 +38,18 @@ def replicate(tree: Any, devices: list | None = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of a replicated tree, fetched to the host (numpy)."""
-  return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+  """The first local device's copy of a replicated tree, fetched to the host (numpy).
+
+  Reads that device's buffer as it is (`addressable_shards`) instead of indexing the array:
+  `x[0]` is a small computation over every local device, and with several processes a
+  computation launched in a different order on each process can wait forever on the
+  collectives of another (seen as a hang between a pmapped step and orbax's save).
+  """
+  def first(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data)[0, ...]
+    return np.asarray(x)[0, ...]
+  return jax.tree_util.tree_map(first, tree)
 
 
 def shard(batch: Any, num_devices: int) -> Any:
