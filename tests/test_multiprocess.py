@@ -1,5 +1,6 @@
 """Several processes: the fixes the multi-process run needed, each checked in one process."""
 
+import json
 import logging
 
 import jax
@@ -46,3 +47,17 @@ def test_unreplicate_reads_the_first_local_copy():
   np.testing.assert_array_equal(host["w"], tree["w"])
   assert isinstance(host["step"], np.ndarray) and host["step"].shape == () and host["step"] == 7
   assert devices.unreplicate({"x": np.array([[1, 2], [1, 2]])})["x"].tolist() == [1, 2]
+
+
+def test_the_best_checkpoint_decision_does_not_read_back_the_file(tmp_path):
+  from vlprobe_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoints.StageCheckpoints(str(tmp_path), {"stage": "t"})
+  state = {"w": np.zeros(2, np.float32)}
+  assert ckpt.maybe_save_best(1, state, 0.5)
+  # Another process's view of best_score.json can lag; the decision uses what this one saved.
+  (tmp_path / "best_score.json").write_text(json.dumps({"score": 9.0, "step": 1}))
+  assert ckpt.maybe_save_best(2, state, 0.7)
+  assert not ckpt.maybe_save_best(3, state, 0.6)
+  assert (ckpt.best_score(), ckpt.best_step()) == (0.7, 2)
+  ckpt.close()
+  assert json.loads((tmp_path / "best_score.json").read_text()) == {"score": 0.7, "step": 2}
