@@ -5,6 +5,9 @@
   python launch.py --config=configs/scst.py:scorer=clip --config.scst.lr=1e-5 --workdir=/tmp/w
   python launch.py --config=configs/analysis.py:runs=workdir/scst_lxmert,workdir/scst_clip
   python launch.py --config=configs/scst_lxmert.py --show_config   # every field and its value
+  python launch.py --config=... --multihost   # on every host of a Cloud TPU pod slice
+  python launch.py --config=... --multihost --coordinator_address=10.0.0.2:8476 \
+      --num_processes=2 --process_id=0        # elsewhere: one per process, ids 0..N-1
 
 Every config file's docstring says what it produces and how long it takes. Any field can be
 overridden with --config.<field>=<value>; --show_config lists the fields. Unknown fields and bad
@@ -31,7 +34,22 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Overrides config.workdir.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first (Cloud TPU pod slices, "
-    "multi-node GPU); each process then reads its own shard of the data.")
+    "multi-node GPU); each process then reads its own shard of the data. On Cloud TPU the "
+    "coordinator, process count and id are found by themselves; elsewhere give the three flags "
+    "below (the same address and count on every process, a different id on each).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost: host:port of process 0 (e.g. 10.0.0.2:8476).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "With --multihost: how many processes take part.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "With --multihost: this process's index, 0 .. num_processes-1.")
+_CPU_COLLECTIVES = flags.DEFINE_enum(
+    "cpu_collectives", "gloo", ["gloo", "mpi", "none"],
+    "With --multihost: the cross-process collectives of the CPU backend (JAX's default, none, "
+    "cannot reduce across processes; GPUs and TPUs use their own).")
+_LOG_ALL_PROCESSES = flags.DEFINE_bool(
+    "log_all_processes", False, "With several processes, let every process print its progress "
+    "lines (by default only process 0 prints after the first line; errors always show).")
 _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config", False, "Print every field of the config (after overrides) and exit.")
 
@@ -134,6 +152,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
           common.NonFiniteWeights, features.FeatureError, FileNotFoundError)
 
 
+def _initialize_distributed(jax) -> None:
+  """jax.distributed.initialize() with the flags given; the CPU backend gets real collectives."""
+  if _CPU_COLLECTIVES.value != "none":
+    jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+  given = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
+           "process_id": _PROCESS_ID.value}
+  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
 def main(argv):
   del argv
   if _CONFIG.value is None:
@@ -144,8 +171,12 @@ def main(argv):
   _use_compilation_cache(jax)
 
   config = _CONFIG.value
+  given = [f"--{flag.name}" for flag in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+           if flag.value is not None]
+  if given and not (_MULTIHOST.value or config.get("multihost")):
+    _fail(f"{', '.join(given)} only mean something with --multihost; add it.")
   if _MULTIHOST.value or config.get("multihost"):
-    jax.distributed.initialize()
+    _initialize_distributed(jax)
   if _WORKDIR.value:
     with config.unlocked():
       config.workdir = _WORKDIR.value
@@ -162,6 +193,9 @@ def main(argv):
   print(f"[launch] devices: {jax.device_count()} x {jax.devices()[0].platform} "
         f"(process {jax.process_index()} of {jax.process_count()}); {config.entry} in {out_dir}",
         flush=True)
+  if jax.process_index() > 0 and not _LOG_ALL_PROCESSES.value:
+    # One progress stream per run: process 0 prints, the others keep only stderr (errors).
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
   started = time.time()
   try:
     entry = getattr(__import__(module_name, fromlist=[function_name]), function_name)

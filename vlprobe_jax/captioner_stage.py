@@ -39,7 +39,8 @@ class CaptionerTask:
   def __init__(self, config, dataset, stage_dir: str, block):
     self.config, self.dataset, self.stage_dir, self.block = config, dataset, stage_dir, block
     self.cap_config = captioner_config(config, dataset.vocab.size)
-    self.devices = jax.local_devices()
+    self.devices = jax.local_devices()  # where this process places its state and batches
+    self.pmap_devices = devices_lib.pmap_devices()  # what the pmapped step reduces over
     self.rows = pipeline.EpochRows(len(dataset["train"]), block.images_per_batch,
                                    seed=config.seed)
     self.steps_per_epoch = self.rows.steps_per_epoch
@@ -63,8 +64,15 @@ class CaptionerTask:
     return devices_lib.unreplicate(placed)
 
   def step_keys(self, rng: jax.Array, step: int) -> jax.Array:
-    return devices_lib.device_keys(rng, step, len(self.devices), jax.process_index(),
-                                   jax.process_count())
+    """[local devices, 2] uint32: this process's device keys of `step`, as raw key data.
+
+    Raw data, not typed key arrays: with several processes pmap turns a typed key argument
+    into a host array and copies it to the devices again (a host-to-device transfer that
+    SCST's transfer guard refuses); a uint32 array already on the devices is used as it is.
+    The random bits are the same.
+    """
+    return jax.random.key_data(devices_lib.device_keys(
+        rng, step, len(self.devices), jax.process_index(), jax.process_count()))
 
   def val_captions(self, params) -> list[str]:
     return evaluation.split_captions(self.cap_config, params, self.dataset["val"],

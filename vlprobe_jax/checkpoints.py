@@ -22,6 +22,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _log = logging.getLogger(__name__)
@@ -92,6 +93,11 @@ class StageCheckpoints:
         os.path.join(self.directory, "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
     self._best_path = os.path.join(self.directory, "best_score.json")
+    # The best so far, read once here (before this run writes anything) and then kept in memory:
+    # with several processes only process 0 writes the file, and another process reading it
+    # back could see the previous value and take a different branch (then orbax waits forever
+    # for a save that process never starts).
+    self._best = read_json(self._best_path) if os.path.exists(self._best_path) else None
 
   def _check_meta(self, meta: dict[str, Any]) -> None:
     path = os.path.join(self.directory, "meta.json")
@@ -151,23 +157,28 @@ class StageCheckpoints:
                              "is damaged. Delete that directory to start the stage over.")
 
   def best_score(self) -> float | None:
-    if not os.path.exists(self._best_path):
-      return None
-    return read_json(self._best_path)["score"]
+    return None if self._best is None else self._best["score"]
 
   def best_step(self) -> int | None:
-    if not os.path.exists(self._best_path):
-      return None
-    return read_json(self._best_path)["step"]
+    return None if self._best is None else self._best["step"]
 
   def maybe_save_best(self, step: int, state: Any, score: float, higher_is_better=True) -> bool:
-    """Saves `state` as the best if `score` beats the best so far; returns whether it did."""
+    """Saves `state` as the best if `score` beats the best so far; returns whether it did.
+
+    With several processes, process 0's decision is the one every process follows (they all
+    evaluate the same params, but a save is a collective that must not depend on rounding).
+    """
     best = self.best_score()
-    if best is not None and (score <= best if higher_is_better else score >= best):
+    improved = best is None or (score > best if higher_is_better else score < best)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      improved = bool(multihost_utils.broadcast_one_to_all(np.int32(improved)))
+    if not improved:
       return False
     self._save(self.best, step, state, "best")
+    self._best = {"score": float(score), "step": int(step)}
     if jax.process_index() == 0:
-      write_json_atomic(self._best_path, {"score": float(score), "step": int(step)})
+      write_json_atomic(self._best_path, self._best)
     return True
 
   def has_best(self) -> bool:

@@ -9,10 +9,24 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def device_sharding(devices: list) -> jax.sharding.NamedSharding:
-  """Splits axis 0 over `devices`: the layout pmap takes its inputs in."""
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+def pmap_devices() -> list:
+  """The `devices=` of every pmapped step: all devices of all processes, in the same order on
+  each process, as `jax.pmap` requires with several processes. Given only the local devices, a
+  pmap's psum reduces over those alone: every process would train its own model.
+  """
+  return jax.devices()
+
+
+# The axis name of the pmapped training steps (`training.AXIS`). pmap's outputs are laid out
+# over a mesh with this axis name, so placing states and batches on the same layout means the
+# step's own output state is an input it has seen: it compiles once, not again at step 2.
+PMAP_AXIS = "batch"
+
+
+def device_sharding(devices: list, axis_name: str = PMAP_AXIS) -> jax.sharding.NamedSharding:
+  """Splits axis 0 over `devices`: the layout pmap takes its inputs in (and gives its outputs)."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
 
 
 def replicate(tree: Any, devices: list | None = None) -> Any:
@@ -24,8 +38,18 @@ def replicate(tree: Any, devices: list | None = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of a replicated tree, fetched to the host (numpy)."""
-  return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+  """The first local device's copy of a replicated tree, fetched to the host (numpy).
+
+  Reads that device's buffer as it is (`addressable_shards`) instead of indexing the array:
+  `x[0]` is a small computation over every local device, and with several processes a
+  computation launched in a different order on each process can wait forever on the
+  collectives of another (seen as a hang between a pmapped step and orbax's save).
+  """
+  def first(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data)[0, ...]
+    return np.asarray(x)[0, ...]
+  return jax.tree_util.tree_map(first, tree)
 
 
 def shard(batch: Any, num_devices: int) -> Any:

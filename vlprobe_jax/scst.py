@@ -243,7 +243,7 @@ class SCSTTask(captioner_stage.CaptionerTask):
     self.cached = scfg.get("cache_image_inputs", True)
     self.p_step = make_p_scst_step(self.cap_config, scorer.reward_fn, scfg.num_samples,
                                    scfg.baseline, scfg.max_length, scfg.temperature,
-                                   devices=self.devices,
+                                   devices=self.pmap_devices,
                                    image_inputs_fn=None if self.cached else scorer.image_inputs_fn,
                                    policy_gradient_pass=scfg.get("policy_gradient", "replay"))
     self.step_rng = jax.random.fold_in(jax.random.key(config.seed), 2)

@@ -28,10 +28,11 @@ import optax
 from flax.training import train_state
 
 from vlprobe_jax import checkpoints
+from vlprobe_jax import devices as devices_lib
 from vlprobe_jax import progress as progress_lib
 from vlprobe_jax.data import pipeline
 
-AXIS = "batch"  # The pmap axis of the captioner steps.
+AXIS = devices_lib.PMAP_AXIS  # The pmap axis of the captioner steps.
 
 
 class TrainState(train_state.TrainState):

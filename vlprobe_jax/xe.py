@@ -107,7 +107,7 @@ class XETask(captioner_stage.CaptionerTask):
     self.tx = training.make_optimizer(xcfg.lr, xcfg.grad_clip, decay, xcfg.lr_decay_rate)
     self.rng = jax.random.key(config.seed)
     self.checkpoint_meta = captioner_stage.checkpoint_meta("xe", self.cap_config)
-    self.p_step = make_p_xe_step(self.cap_config, self.devices)
+    self.p_step = make_p_xe_step(self.cap_config, self.pmap_devices)
     self.step_rng = jax.random.fold_in(self.rng, 1)
 
   def initial_state(self) -> TrainState:
