@@ -58,6 +58,7 @@ ENTRY_POINTS = {
     "stages": "vlprobe_jax.stages:run",
     "analysis": "vlprobe_jax.reporting:run_standalone",
     "bench_reward": "vlprobe_jax.bench.run:run",
+    "rehearsal": "vlprobe_jax.bench.rehearsal:run",
 }
 
 

@@ -20,7 +20,7 @@ import ml_collections
 import scorers
 from vlprobe_jax import stages as stages_lib
 
-ENTRY_POINTS = ("stages", "analysis", "bench_reward")
+ENTRY_POINTS = ("stages", "analysis", "bench_reward", "rehearsal")
 
 
 class ConfigError(ValueError):
@@ -124,6 +124,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _check_analysis(checker)
     elif entry == "bench_reward":
       _check_bench(checker)
+    elif entry == "rehearsal":
+      _check_rehearsal(checker)
   if checker.problems:
     raise ConfigError("\n".join(checker.problems))
   return config
@@ -284,3 +286,42 @@ def _check_bench(c: _Checker) -> None:
       build.parse_variants(c.config.variants)
     except ValueError as error:
       c.problems.append(str(error))
+
+
+def _check_rehearsal(c: _Checker) -> None:
+  """configs/rehearsal.py: the parts, the world's size, the checkpoint formats, the run."""
+  from vlprobe_jax.bench import rehearsal  # pylint: disable=g-import-not-at-top
+  from vlprobe_jax.bench import rehearsal_checkpoints  # pylint: disable=g-import-not-at-top
+  c.check("data_dir", lambda v: isinstance(v, str) and v, "expected a directory path")
+  c.names("parts", rehearsal.PARTS, allow_empty=False)
+  c.check("world.scale", lambda v: _is_number(v) and 0 < v <= 1,
+          "expected a fraction of COCO's 123,287 images, > 0 and <= 1")
+  c.check("world.regions_fraction", lambda v: _is_number(v) and 0 < v <= 1,
+          "expected the fraction of the images that get regions, > 0 and <= 1")
+  for field in ("captions_per_image", "target_vocab", "num_word_types"):
+    c.int_at_least(f"world.{field}", 1)
+  c.int_at_least("world.count_threshold", 0)
+  c.fraction("world.multi_piece_fraction")
+  c.check("stores.region_dtypes", lambda v: v and set(v) <= {"float16", "float32"},
+          "expected float16 and/or float32")
+  c.names("checkpoints.formats", tuple(rehearsal_checkpoints.FORMATS), allow_empty=True)
+  c.one_of("checkpoints.size", ("base", "tiny"))
+  for field in ("batch_size", "steps", "prefetch"):
+    c.int_at_least(f"pipeline.{field}", 1)
+  c.check("pipeline.threads", lambda v: v and all(_is_int(t) and t >= 1 for t in v),
+          "expected thread counts >= 1")
+  c.one_of("run.checkpoint_format", tuple(rehearsal_checkpoints.FORMATS))
+  c.one_of("run.region_dtype", ("float16", "float32"))
+  for field in ("rnn_size", "images_per_batch", "xe_steps", "checkpoint_every_steps",
+                "eval_batch_size"):
+    c.int_at_least(f"run.{field}", 1)
+  c.int_at_least("run.kill_after_step", 1)
+  if c.has("run.kill_after_step") and c.has("run.scst_steps") and _is_int(
+      c.config.run.scst_steps) and c.config.run.scst_steps <= c.config.run.get("kill_after_step"):
+    c.fail("run.scst_steps", "expected more SCST steps than run.kill_after_step (the kill comes "
+                             "mid-SCST)")
+  fmt = c.config.run.get("checkpoint_format")
+  if fmt in rehearsal_checkpoints.FORMATS and (
+      rehearsal_checkpoints.FORMATS[fmt][0] != c.config.run.get("scorer")):
+    c.fail("run.checkpoint_format", f"expected a format of the {c.config.run.get('scorer')!r} "
+                                    "scorer (run.scorer)")
