@@ -156,8 +156,7 @@ class BlipAttention(nn.Module):
     qkv = _dense(3 * c.vision_width, "qkv", self.dtype)(x)
     qkv = qkv.reshape(x.shape[:-1] + (3, c.vision_heads, head_dim))
     query, key, value = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    no_mask = jnp.zeros((1, 1, 1, 1), jnp.float32)
-    out = layers.dot_product_attention(query, key, value, no_mask, None, self.dtype)
+    out = layers.dot_product_attention(query, key, value)  # every patch is real: no mask
     return _dense(c.vision_width, "projection", self.dtype)(out.reshape(x.shape))
 
 
@@ -263,11 +262,11 @@ class CrossSelfAttention(nn.Module):
     c = self.config
     head_dim = c.hidden_size // c.num_heads
     split = lambda x: x.reshape(x.shape[:-1] + (c.num_heads, head_dim))
-    no_mask = jnp.zeros((1, 1, 1, 1), jnp.float32)  # Every image token is real.
+    # Every image token is real: no mask. Dropout on the weights only in training.
+    dropout = None if deterministic else (lambda w: self.dropout(w, deterministic=False))
     out = layers.dot_product_attention(
         split(self.query(hidden)), split(keys.astype(c.compute_dtype)),
-        split(values.astype(c.compute_dtype)), no_mask,
-        lambda w: self.dropout(w, deterministic=deterministic), c.compute_dtype)
+        split(values.astype(c.compute_dtype)), None, dropout)
     return out.reshape(hidden.shape[:-1] + (c.hidden_size,))
 
 

@@ -162,9 +162,9 @@ class SiglipTextTransformer(nn.Module):
     """ids, mask: [N, T] int32 (T = max_text_len) -> (pooled [N, projection], hidden [N, T, D])."""
     c = self.config
     x = clip_model.CLIPTextEmbeddings(c, self.dtype, name="embeddings")(ids)
-    allowed = mask.astype(bool)[:, None, None, :] if c.text_mask else None
+    key_mask = mask if c.text_mask else None
     x = clip_model.CLIPEncoder(c, c.text_width, c.text_heads, c.text_mlp, c.text_layers,
-                               self.dtype, name="encoder")(x, allowed)
+                               self.dtype, name="encoder")(x, key_mask)
     x = _layer_norm("final_layer_norm", c, self.dtype)(x)
     return _dense(c.projection_size, "head", self.dtype)(x[:, -1]), x
 
