@@ -5,9 +5,9 @@
   python launch.py --config=configs/scst.py:scorer=clip --config.scst.lr=1e-5 --workdir=/tmp/w
   python launch.py --config=configs/analysis.py:runs=workdir/scst_lxmert,workdir/scst_clip
   python launch.py --config=configs/scst_lxmert.py --show_config   # every field and its value
-  python launch.py --config=... --multihost   # on every host of a Cloud TPU pod slice
-  python launch.py --config=... --multihost --coordinator_address=10.0.0.2:8476 \
-      --num_processes=2 --process_id=0        # elsewhere: one per process, ids 0..N-1
+  python launch.py --config=configs/scst_lxmert.py --multihost   # every host of a TPU pod slice
+  python launch.py --config=configs/scst_lxmert.py --multihost \
+      --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0  # elsewhere: ids 0..N-1
 
 Every config file's docstring says what it produces and how long it takes. Any field can be
 overridden with --config.<field>=<value>; --show_config lists the fields. Unknown fields and bad

@@ -108,10 +108,10 @@ def get_config(arg=None):
   config.attention = "auto"
   config.gelu = "exact"
   config.length_groups = 8
-  config.policy_gradient = "replay"
+  config.policy_gradient = "sampling"  # the SCST default; "replay" as a variant
   # Full-step timings of other settings in the same run, against the row above: ';'-separated
   # 'field=value' changes of the fields just above or captioner_dtype, e.g.
-  # "attention=xla;gelu=tanh;length_groups=1;policy_gradient=sampling;captioner_dtype=bfloat16".
+  # "attention=xla;gelu=tanh;length_groups=1;policy_gradient=replay;captioner_dtype=bfloat16".
   # Each costs one more compilation of the full step.
   config.variants = ""
   config.profile_dir = ""

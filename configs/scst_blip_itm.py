@@ -1,6 +1,7 @@
 """SCST with the BLIP ITM reward: an alias of configs/scst.py:scorer=blip_itm (its docstring says more).
 
-  python launch.py --config=configs/scst_blip_itm.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_blip_itm.py
+  python launch.py --config=configs/scst_blip_itm.py:runlocal
 """
 
 import functools

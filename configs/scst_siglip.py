@@ -1,6 +1,7 @@
 """SCST with the SigLIP reward: an alias of configs/scst.py:scorer=siglip (its docstring says more).
 
-  python launch.py --config=configs/scst_siglip.py[:data=coco,runlocal,cross_score]
+  python launch.py --config=configs/scst_siglip.py
+  python launch.py --config=configs/scst_siglip.py:runlocal
 """
 
 import functools

@@ -44,7 +44,7 @@ def _documented_commands():
       continue
     text = _read(path).replace("\\\n", " ")
     for match in re.finditer(r"python launch\.py (--config=[^\n`|]*)", text):
-      command = match.group(1).split("  #")[0].strip()
+      command = match.group(1).split("  #")[0].replace('"$@"', "").strip()
       if "<" not in command.split()[0]:  # "--config=<file>" is a template, not a command.
         out.append((os.path.relpath(path, ROOT), command))
   return out

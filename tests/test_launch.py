@@ -52,8 +52,8 @@ def test_bad_values_are_refused_before_anything_runs(tmp_path):
     ({"scst.temperature": 0.0}, "config.scst.temperature=0.0: expected a number > 0"),
     ({"scst.lr": float("nan")}, "config.scst.lr=nan: expected a number > 0"),
     ({"stages": ("data", "tarin")}, "unknown 'tarin'; expected names from data, scorers"),
-    ({"scorers": ("lxmert", "blip")}, "unknown 'blip'"),
-    ({"scst.scorer": "blip"}, "config.scst.scorer='blip': expected one of"),
+    ({"scorers": ("lxmert", "flava")}, "unknown 'flava'"),
+    ({"scst.scorer": "flava"}, "config.scst.scorer='flava': expected one of"),
     ({"eval.method": "sample"}, "config.eval.method='sample': expected one of 'greedy', 'beam'"),
     ({"xe.init_from": "/no/such/dir"}, "config.xe.init_from='/no/such/dir': the XE stage"),
 ])
@@ -96,8 +96,8 @@ def test_unknown_config_argument_lists_known_ones():
     common.parse_arg("dataset=coco", data="synthetic", runlocal=False)
   with pytest.raises(ValueError, match="expected a bool"):
     common.parse_arg("runlocal=maybe", data="synthetic", runlocal=False)
-  with pytest.raises(ValueError, match="known scorers: clip"):
-    scst_config.get_config("scorer=blip")
+  with pytest.raises(ValueError, match="known scorers: blip_itm, clip"):
+    scst_config.get_config("scorer=flava")
 
 
 @pytest.mark.parametrize("name", CONFIGS)

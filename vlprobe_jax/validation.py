@@ -213,7 +213,7 @@ def _check_scst(c: _Checker) -> None:
     c.fail("scst.num_samples", "the mean baseline compares each sample with the mean of the "
                                "other samples of its image, so it needs at least 2 (or use "
                                "scst.baseline=greedy)")
-  if c.has("scst.policy_gradient"):  # absent in configs written before it: "replay"
+  if c.has("scst.policy_gradient"):  # absent in configs written before it
     c.one_of("scst.policy_gradient", ("replay", "sampling"))
   c.positive("scst.temperature")
   c.int_at_least("scst.max_length", 1)

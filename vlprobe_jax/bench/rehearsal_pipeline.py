@@ -15,7 +15,7 @@ in RAM, `Split.fc_feats`) and their regions read from the memory-mapped region s
                every row read from the disk
 
 The GPU step's need: 31,780 captions/s at 6 captions per image (5 samples + greedy) is about
-5,300 images/s (BENCHMARKS.md, LXMERT reward on one H100).
+5,300 images/s (BENCHMARKS.md, LXMERT reward on one H200).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def markdown(summary: dict) -> str:
   pipe = summary.get("pipeline")
   if pipe:
     need = pipe["gpu_need"]["images_per_s"]
-    out += [f"Host input pipeline ({pipe.get('train_images', 0):,} training images; the H100 "
+    out += [f"Host input pipeline ({pipe.get('train_images', 0):,} training images; the H200 "
             f"step needs {need:,.0f} images/s):", "",
             "| store | feed | threads | page cache | images/s | MB/s | of the GPU's need |",
             "|---|---|---|---|---|---|---|"]
