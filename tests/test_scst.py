@@ -296,3 +296,32 @@ def test_config_choices_are_validated():
     with pytest.raises(validation.ConfigError, match=message):
       validation.validate(config)
   validation.validate(scst_config.get_config("runlocal"))  # the defaults pass
+
+
+def test_float16_regions_are_cast_on_the_device_to_what_float32_ones_give():
+  """SCST on COCO feeds a float16 store's regions as they are; the step casts them to float32
+  before the scorer's image side, so the step equals one fed float32 copies of the same values."""
+  dataset = _with_regions(helpers.tiny_dataset())
+  scorer = _fake_loaded(dataset)
+  config, state, batch = _setup(dataset, scorer)
+  devices = jax.local_devices()[:1]
+  seen = []
+
+  def image_inputs_fn(params, images):
+    del params
+    seen.append(images["region_feats"].dtype)
+    return {"region_mask": images["region_mask"]}
+
+  p_step = scst.make_p_scst_step(config, scorer.reward_fn, 2, "greedy", 6, devices=devices,
+                                 image_inputs_fn=image_inputs_fn)
+  feats = np.random.default_rng(0).normal(size=(8, 2, 4)).astype(np.float16)
+  results = []
+  for dtype in (np.float32, np.float16):
+    images = {"region_feats": feats.astype(dtype), "region_mask": np.ones((8, 2), np.int32)}
+    fed = {"fc_feats": batch["fc_feats"], "image_inputs": images}
+    _, m = p_step(devices_lib.replicate(state, devices),
+                  devices_lib.replicate(scorer.params, devices), devices_lib.shard(fed, 1),
+                  devices_lib.device_keys(jax.random.key(0), 0, 1))
+    results.append(jax.tree_util.tree_map(np.asarray, m))
+  assert seen == [jnp.float32, jnp.float32]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, results[0], results[1])

@@ -156,6 +156,10 @@ def scst_train_step(state: TrainState, scorer_params: Any, batch: dict[str, Any]
   images = batch["image_inputs"]
   if image_inputs_fn is not None:
     with jax.named_scope("image_inputs"):
+      # Region features arrive in their store's dtype (float16 stores: half the host copy and
+      # transfer); the scorers read float32, as from a float32 store (the cast is exact).
+      if "region_feats" in images and images["region_feats"].dtype == jnp.float16:
+        images = {**images, "region_feats": images["region_feats"].astype(jnp.float32)}
       images = image_inputs_fn(scorer_params, images)
   num_images = fc.shape[0]
   rng_sample, rng_dropout = jax.random.split(rng)
@@ -270,7 +274,7 @@ class SCSTTask(captioner_stage.CaptionerTask):
   def gather(self, rows):
     train = self.dataset["train"]
     images = (jax.tree_util.tree_map(lambda x: x[rows], self.train_images) if self.cached
-              else train.scorer_images(rows))
+              else train.scorer_images(rows, feats_dtype=None))
     return {"fc_feats": train.fc_feats[rows], "image_inputs": images}
 
   def train_step(self, placed, batch, step: int):

@@ -6,10 +6,10 @@ in RAM, `Split.fc_feats`) and their regions read from the memory-mapped region s
 (`Split.scorer_images`: features cast to float32 on the host, boxes, masks), made on the
 `BatchIterator`'s thread and put on the devices, `prefetch` batches ahead. Variants measured:
 
-  project      the project's path, as the SCST stage runs it (one thread; float32 regions
-               whatever the store holds)
-  float16_feed the store's float16 features handed to the device as they are (half the bytes
-               to copy and transfer; the step would cast them, as LXMERT's `_regions` does)
+  project      the project's path, as the SCST stage runs it (one thread; the regions in the
+               store's dtype, cast to float32 in the step on the device)
+  float32_feed the path before 2026-11-30: regions cast to float32 on the host whatever the
+               store holds (a float16 store: twice the bytes, and a slow host cast)
   threads=N    N threads each making whole batches (N BatchIterators over interleaved steps)
   cold         the region shards dropped from the page cache first (`posix_fadvise DONTNEED`):
                every row read from the disk
@@ -48,15 +48,12 @@ def _gather_fn(split: Split, feed: str) -> Callable[[np.ndarray], dict]:
   fc = split.fc_feats
 
   def project(rows):  # scst.SCSTTask.gather with cache_image_inputs=False
+    return {"fc_feats": fc[rows], "image_inputs": split.scorer_images(rows, feats_dtype=None)}
+
+  def float32_feed(rows):
     return {"fc_feats": fc[rows], "image_inputs": split.scorer_images(rows)}
 
-  def float16(rows):
-    return {"fc_feats": fc[rows],
-            "image_inputs": {"region_feats": np.asarray(split.region_feats[rows]),
-                             "region_boxes": split.region_boxes[rows],
-                             "region_mask": split.region_mask[rows]}}
-
-  return {"project": project, "float16_feed": float16}[feed]
+  return {"project": project, "float32_feed": float32_feed}[feed]
 
 
 def measure(split: Split, *, batch_size: int, steps: int, prefetch: int = 2, threads: int = 1,

@@ -9,6 +9,7 @@ BERT-style models). Arrays are numpy on the host; the stages move batches to the
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -46,13 +47,20 @@ class Split:
   def __len__(self) -> int:
     return len(self.image_ids)
 
-  def scorer_images(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
-    """The image side of the scorers for the images at `index` (see `scorers.registry`)."""
+  def scorer_images(self, index: np.ndarray | slice = slice(None),
+                    feats_dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """The image side of the scorers for the images at `index` (see `scorers.registry`).
+
+    `feats_dtype=None` keeps the region features in the store's dtype (float16 stores: half the
+    bytes to copy and transfer; the SCST step casts them to float32 on the device).
+    """
     out = {}
     if self.pixels is not None:
       out["pixels"] = self.pixels[index]
     if self.region_feats is not None:
-      out["region_feats"] = np.asarray(self.region_feats[index], np.float32)
+      feats = self.region_feats[index]
+      out["region_feats"] = np.asarray(feats) if feats_dtype is None else np.asarray(
+          feats, feats_dtype)
       out["region_boxes"] = self.region_boxes[index]
       out["region_mask"] = self.region_mask[index]
     return out
