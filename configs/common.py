@@ -89,7 +89,7 @@ def data_block(data: str) -> ml_collections.ConfigDict:
   if data == "coco":
     return ml_collections.ConfigDict(dict(
         name="coco", source="karpathy_json", karpathy_json="", image_dir="", tfds_data_dir="",
-        tfds_name="coco_captions/2014", fc_store="", region_store="", clip_store="",
+        tfds_name="coco_captions/2014", fc_store="", region_store="", clip_store="", pixel_store="",
         count_threshold=5, max_length=16, captions_per_image=5, vocab_from="all",
         vocab_json="", image_size=0, on_error="stop", max_images=0))
   raise ValueError(f"data must be 'synthetic' or 'coco'; found {data!r}.")

@@ -229,3 +229,18 @@ def test_clip_store_rides_on_split_image_embeds_when_the_split_has_that_field(wo
   else:
     with pytest.raises(ValueError, match="Split has no image_embeds field"):
       coco.load_coco(with_clip)
+
+
+def test_pixel_store_gives_the_splits_their_pixels(world):
+  """SigLIP / BLIP on COCO: `data.pixel_store` (images resized once) instead of decoding."""
+  config, _, _, tmp_path = world
+  writer = feature_store.StoreWriter(str(tmp_path / "pixels"), "pixels", shard_size=2)
+  for image in IMAGES:
+    writer.add(image["cocoid"], pixels=np.full((4, 4, 3), image["cocoid"], np.uint8))
+  writer.finish()
+  dataset = coco.load_coco(dict(config, pixel_store=str(tmp_path / "pixels")))
+  train = dataset["train"]
+  np.testing.assert_array_equal(np.asarray(train.pixels[:])[:, 0, 0, 0], [10, 20, 50])
+  assert np.asarray(train.scorer_images([1])["pixels"]).shape == (1, 4, 4, 3)
+  with pytest.raises(ValueError, match="holds 4 x 4 images; expected equal sizes"):
+    coco.load_coco(dict(config, pixel_store=str(tmp_path / "pixels"), image_size=8))

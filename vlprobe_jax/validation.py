@@ -239,7 +239,7 @@ def _check_data(c: _Checker) -> None:
       c.existing_path("data.karpathy_json", "the Karpathy split file")
     c.check("data.fc_store", bool, "expected the path of an fc feature store (python -m "
                                    "vlprobe_jax.data.feature_store build --kind fc ...)")
-    for field in ("fc_store", "region_store", "clip_store", "image_dir"):
+    for field in ("fc_store", "region_store", "clip_store", "pixel_store", "image_dir"):
       c.existing_path(f"data.{field}", "that path")
 
 

@@ -22,6 +22,9 @@ Config fields read (`config.data` in the experiment configs):
   tfds_name          default "coco_captions/2014".
   fc_store           fc feature store (`feature_store build --kind fc`); required.
   region_store       regions store (`--kind regions`), for LXMERT/UNITER/ViLBERT/ROSITA.
+  pixel_store        pixels store (`--kind pixels`: every image resized once, uint8), for
+                     SigLIP and BLIP ITM (and CLIP from a `--resize crop` store); instead of
+                     image_dir + image_size.
   clip_store         CLIP image-embedding store (`--kind clip`); needs a `Split.image_embeds`
                      field to travel in (until then, give CLIP pixels with image_size).
   count_threshold    5.   max_length  16.   captions_per_image  5.
@@ -55,7 +58,7 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 SPLITS = ("train", "val", "test")
 TFDS_NAME = "coco_captions/2014"
 _DEFAULTS = dict(source="karpathy_json", karpathy_json="", image_dir="", tfds_data_dir=None,
-                 tfds_name=TFDS_NAME, fc_store="", region_store="", clip_store="",
+                 tfds_name=TFDS_NAME, fc_store="", region_store="", clip_store="", pixel_store="",
                  count_threshold=5,
                  max_length=16, captions_per_image=5, vocab_from="all", vocab_json="",
                  image_size=0, on_error="stop", max_images=0)
@@ -235,7 +238,9 @@ def _make_split(name: str, images: list[CocoImage], vocab: vocab_lib.Vocab, conf
   if "clip" in stores:
     split.image_embeds = stores["clip"].column("embedding", ids)
   size = int(_field(config, "image_size"))
-  if size:
+  if "pixels" in stores:
+    split.pixels = stores["pixels"].column("pixels", ids)
+  elif size:
     if _field(config, "image_dir"):  # Paths checked and resolved by `load_coco`.
       split.pixels = features.ImageColumn([image.path for image in images], size)
     else:
@@ -260,6 +265,14 @@ def load_coco(config) -> Dataset:
   policy = features.ErrorPolicy(_field(config, "on_error"), "images")
   max_images = int(_field(config, "max_images") or 0)
   image_size = int(_field(config, "image_size"))
+  if _field(config, "pixel_store"):
+    pixels = feature_store.FeatureStore(_field(config, "pixel_store"), "pixels")
+    side = pixels.fields["pixels"][0][0]
+    if image_size and image_size != side:
+      raise ValueError(f"config.data.image_size={image_size} but the pixel store {pixels.path} "
+                       f"holds {side} x {side} images; expected equal sizes (or image_size=0 "
+                       "with a pixel store).")
+    image_size = 0  # the store's pixels replace decoding images
   if not _field(config, "fc_store"):
     raise ValueError("config.data.fc_store is empty; build the captioner's fc features once with "
                      + feature_store.BUILD_COMMAND.format(kind="fc", out="stores/fc")
@@ -299,7 +312,8 @@ def load_coco(config) -> Dataset:
     vocab = build_coco_vocab(kept, int(_field(config, "count_threshold")),
                              _field(config, "vocab_from"))
 
-  store_fields = {"fc": "fc_store", "regions": "region_store", "clip": "clip_store"}
+  store_fields = {"fc": "fc_store", "regions": "region_store", "clip": "clip_store",
+                  "pixels": "pixel_store"}
   stores = {kind: feature_store.FeatureStore(_field(config, field), kind)
             for kind, field in store_fields.items() if _field(config, field)}
   if "clip" in stores and "image_embeds" not in {f.name for f in dataclasses.fields(Split)}:
