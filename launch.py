@@ -131,6 +131,10 @@ def _quiet_libraries() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ("absl", "jax._src.xla_bridge", "orbax", "transformers"):
     logging.getLogger(name).setLevel(logging.WARNING if name == "absl" else logging.ERROR)
+  # orbax warns through absl when its background finalisation of the previous save is still
+  # running (seen on a busy machine); the run waits for every save anyway (checkpoints.py).
+  logging.getLogger("absl").addFilter(
+      lambda record: "Waiting for previous save to complete" not in record.getMessage())
 
 
 def _use_compilation_cache(jax) -> None:
