@@ -19,6 +19,7 @@ import pytest
 import scorers
 from scorers import blip_itm, checkpoint_files, common, tokens
 from scorers import pixels as pixels_lib
+from tests import helpers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -38,12 +39,7 @@ def hf_checkpoint(tmp_path_factory):
   torch.manual_seed(0)
   config = transformers.BlipConfig(text_config=HF_TEXT, vision_config=HF_VISION,
                                    image_text_hidden_size=16)
-  model = transformers.BlipForImageTextRetrieval(config).eval()
-  # Noise on every parameter: LayerNorms and biases start at 1/0, which would hide mistakes.
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+  model = helpers.perturb(transformers.BlipForImageTextRetrieval(config).eval())
   directory = str(tmp_path_factory.mktemp("blip_hf"))
   model.save_pretrained(directory)
   return model, directory, blip_itm.load(directory)
@@ -175,13 +171,9 @@ def test_preprocess_matches_hf_pil(height, width):
   (The default BlipImageProcessor resizes with torchvision, which is not installed here.)
   """
   from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-  pixels = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), np.uint8)
   processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
-  ref = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  ours = np.asarray(blip_itm.preprocess(pixels, 32))
-  assert ours.shape == ref.shape == (2, 32, 32, 3)
-  levels = np.abs(ours - ref) * np.asarray(pixels_lib.CLIP_STD) * 255
-  print(f"{height}x{width}: max {levels.max():.2f} levels, {(levels > 0.01).mean():.4%} differ")
+  levels = helpers.pil_levels(processor, blip_itm.preprocess, height, width, 32,
+                              pixels_lib.CLIP_STD)
   assert levels.max() < 1.01 and (levels > 0.01).mean() < 0.01
 
 

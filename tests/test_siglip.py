@@ -19,6 +19,7 @@ import pytest
 
 import scorers
 from scorers import checkpoint_files, common, siglip, tokens
+from tests import helpers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,48 +50,23 @@ def _hf_config(hidden_act):
   return transformers.SiglipConfig(text_config=text, vision_config=vision)
 
 
-_CHECKPOINTS = {}
-
-
-def _checkpoint(name, tmp_path_factory):
-  """(variant, torch model, directory, our config, our params), built once per variant."""
-  if name not in _CHECKPOINTS:
-    _CHECKPOINTS[name] = _make_checkpoint(name, tmp_path_factory)
-  return _CHECKPOINTS[name]
-
-
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def hf_checkpoint(request, tmp_path_factory):
-  return _checkpoint(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def hf_default(tmp_path_factory):
-  return _checkpoint("safetensors", tmp_path_factory)
-
-
 def _make_checkpoint(name, tmp_path_factory):
+  """(variant, torch model, directory, our config, our params)."""
   variant = VARIANTS[name]
   torch.manual_seed(0)
-  model = transformers.SiglipModel(_hf_config(variant["hidden_act"])).eval()
-  # Noise on every parameter: LayerNorms, biases and the logit scale/bias start at 1/0.
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+  # Noise on every parameter, the logit scale and bias included.
+  model = helpers.perturb(transformers.SiglipModel(_hf_config(variant["hidden_act"])).eval())
   directory = str(tmp_path_factory.mktemp(name))
-  if name == "safetensors":
-    model.save_pretrained(directory)
-  else:
-    model.config.save_pretrained(directory)
-    state = dict(model.state_dict())
-    state["text_model.embeddings.position_ids"] = torch.arange(CONTEXT)[None]
-    state["vision_model.embeddings.position_ids"] = torch.arange(16)[None]
-    torch.save(state, os.path.join(directory, "pytorch_model.bin"))
+  helpers.save_hf(model, directory, legacy_bin=name == "legacy_bin",
+                  position_ids={"text_model.embeddings.position_ids": CONTEXT,
+                                "vision_model.embeddings.position_ids": 16})
   shutil.copy(tokens.SIGLIP_TEST_SPM, os.path.join(directory, "spiece.model"))
   config, params = siglip.load(directory)
   config = dataclasses.replace(config, text_mask=variant["text_mask"])
   return variant, model, directory, config, params
+
+
+hf_checkpoint, hf_default = helpers.checkpoint_fixtures(_make_checkpoint, VARIANTS)
 
 
 def _texts(rng, n, length):
@@ -236,13 +212,8 @@ def test_preprocess_matches_hf_pil(height, width):
   (The default SiglipImageProcessor resizes with torchvision, which is not installed here.)
   """
   from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-  pixels = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), np.uint8)
   processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
-  ref = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  ours = np.asarray(siglip.preprocess(pixels, 32))
-  assert ours.shape == ref.shape == (2, 32, 32, 3)
-  levels = np.abs(ours - ref) * 0.5 * 255
-  print(f"{height}x{width}: max {levels.max():.2f} levels, {(levels > 0.01).mean():.4%} differ")
+  levels = helpers.pil_levels(processor, siglip.preprocess, height, width, 32, 0.5)
   assert levels.max() < 1.01 and (levels > 0.01).mean() < 0.01
 
 
