@@ -264,20 +264,14 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   """Reads an original ROSITA checkpoint (`rosita-base.pkl`, `itr-coco-base.pkl`).
 
   Both layouts work: the ITR net and the pretraining net (whose `text_mlm_head`,
-  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are `IGNORED_KEYS`, logged).
+  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are `IGNORED_KEYS`, logged). `path` is
+  the `.pkl` file `torch.save` wrote; `config` the sizes to expect (default `default_config()`,
+  ROSITA-base); `trust_pickle` allows a full unpickle (runs code from the file) when
+  weights_only fails.
 
-  Args:
-    path: the `.pkl` file (written by `torch.save`).
-    config: the sizes to expect; default `default_config()` (ROSITA-base).
-    trust_pickle: allow a full unpickle (runs code from the file) when weights_only fails.
-
-  Returns:
-    (config, params) with params a tree of float32 numpy arrays.
-
-  Raises:
-    checkpoint_files.CheckpointFileError: the file cannot be read.
-    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-    ValueError: the file is not ROSITA's layout.
+  Returns (config, params), params a tree of float32 numpy arrays. Raises
+  `checkpoint_files.CheckpointFileError` (the file cannot be read), `common.CheckpointMismatch`
+  (missing, unexpected or mis-shaped keys, all listed) or ValueError (not ROSITA's layout).
   """
   config = config or default_config()
   checkpoint = checkpoint_files.load_torch_file(path, trust_pickle=trust_pickle)

@@ -245,8 +245,7 @@ class Model(nn.Module):
   config: Config
 
   def setup(self):
-    c = self.config
-    dtype = jnp.dtype(c.dtype)
+    c, dtype = self.config, jnp.dtype(self.config.dtype)
     self.text_model = SiglipTextTransformer(c, dtype)
     self.vision_model = SiglipVisionTransformer(c, dtype)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init),

@@ -208,3 +208,38 @@ def bfloat16_gap(module, score, config, params, text_ids, text_mask, images):
   _, out = jax.eval_shape(module.Model(bf16).apply, {"params": params}, text_ids, text_mask,
                           images)
   return gap, out
+
+
+def assert_model_type_errors(load, directory, other_type: str, model_type: str):
+  """`load` of an empty `directory` (a pathlib.Path), then of one whose config.json is another
+  model's, raises errors that say so; returns the second error's ExceptionInfo."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  import pytest  # pylint: disable=import-outside-toplevel
+
+  from scorers import checkpoint_files  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
+    load(str(directory))
+  (directory / "config.json").write_text(json.dumps({"model_type": other_type}))
+  with pytest.raises(ValueError, match=rf"model_type '{other_type}'.*expected '{model_type}'"
+                     ) as error:
+    load(str(directory))
+  return error
+
+
+def wrong_width_message(load, directory: str, config, expected_line: str) -> str:
+  """`load(directory, config with a text tower of width 64)` raises CheckpointMismatch that
+  lists `expected_line` among the mis-shaped keys; returns the message."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  import pytest  # pylint: disable=import-outside-toplevel
+
+  from scorers import common  # pylint: disable=import-outside-toplevel
+
+  wrong = dataclasses.replace(config, text_width=64, text_heads=4)
+  with pytest.raises(common.CheckpointMismatch) as error:
+    load(directory, wrong)
+  message = str(error.value)
+  assert expected_line in message
+  return message

@@ -8,7 +8,6 @@ uint8 level of the PIL image processor.
 """
 
 import dataclasses
-import json
 import logging
 
 import jax
@@ -151,11 +150,7 @@ def test_strict_loading(hf_checkpoint, tmp_path, caplog):
 
 def test_load_errors(hf_checkpoint, tmp_path):
   model, _, _ = hf_checkpoint
-  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
-    blip_itm.load(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
-  with pytest.raises(ValueError, match=r"model_type 'clip'.*expected 'blip'"):
-    blip_itm.load(str(tmp_path))
+  helpers.assert_model_type_errors(blip_itm.load, tmp_path, "clip", "blip")
   model.config.save_pretrained(str(tmp_path))
   with pytest.raises(checkpoint_files.CheckpointFileError, match="no weights in"):
     blip_itm.load(str(tmp_path))

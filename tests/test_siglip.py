@@ -8,7 +8,6 @@ level of the PIL image processor.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -170,22 +169,16 @@ def test_score_scales(hf_default):
 
 def test_load_errors(hf_default, tmp_path):
   _, model, directory, config, _ = hf_default
-  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
-    siglip.load(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
-  with pytest.raises(ValueError, match=r"model_type 'siglip2'.*expected 'siglip'"):
-    siglip.load(str(tmp_path))
+  helpers.assert_model_type_errors(siglip.load, tmp_path, "siglip2", "siglip")
   model.config.save_pretrained(str(tmp_path))  # A SigLIP config.json, no spiece.model.
   with pytest.raises(checkpoint_files.CheckpointFileError, match="no spiece.model"):
     siglip.load(str(tmp_path))
   shutil.copy(tokens.SIGLIP_TEST_SPM, tmp_path / "spiece.model")
   with pytest.raises(checkpoint_files.CheckpointFileError, match=r"no weights in"):
     siglip.load(str(tmp_path))
-  wrong = dataclasses.replace(config, text_width=64, text_heads=4)
-  with pytest.raises(common.CheckpointMismatch) as error:
-    siglip.load(directory, wrong)
-  message = str(error.value)
-  assert "text_model.embeddings.token_embedding.weight: (1000, 32), expects (1000, 64)" in message
+  helpers.wrong_width_message(
+      siglip.load, directory, config,
+      "text_model.embeddings.token_embedding.weight: (1000, 32), expects (1000, 64)")
   # A SentencePiece model whose pieces may cross spaces cannot be re-tokenized per word.
   from sentencepiece import sentencepiece_model_pb2
   proto = sentencepiece_model_pb2.ModelProto()
