@@ -24,17 +24,15 @@ contrastive (ITC) projections `vision_proj` and `text_proj` are `IGNORED_KEYS`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from scorers import checkpoint_files
 from scorers import common
+from scorers import hf_pixel_checkpoints
 from scorers import registry
 from scorers import tokens
 from scorers.blip_itm_model import (CLS_ID, ENC_ID, MATCH_INDEX, PAD_ID, SEP_ID, Config, Model,
@@ -110,55 +108,28 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> Config
 
   hf_config = transformers.BlipConfig(**hf)
   text, vision = hf_config.text_config, hf_config.vision_config
-  problems = []
+  problems = hf_pixel_checkpoints.vision_problems(vision)
   if text.hidden_act != "gelu" or text.layer_norm_eps != 1e-12:
     problems.append(f"text hidden_act {text.hidden_act!r} / layer_norm_eps "
                     f"{text.layer_norm_eps}; this port implements BERT's 'gelu' and 1e-12")
   if text.encoder_hidden_size != vision.hidden_size:
     problems.append(f"text encoder_hidden_size {text.encoder_hidden_size} differs from the "
                     f"vision hidden_size {vision.hidden_size}")
-  if not isinstance(vision.image_size, int) or not isinstance(vision.patch_size, int):
-    problems.append(f"non-square image_size {vision.image_size} or patch_size "
-                    f"{vision.patch_size}")
   if text.hidden_dropout_prob != text.attention_probs_dropout_prob:
     problems.append(f"hidden_dropout_prob {text.hidden_dropout_prob} differs from "
                     f"attention_probs_dropout_prob {text.attention_probs_dropout_prob}")
-  if problems:
-    raise ValueError(f"{source}: unsupported BLIP config: " + "; ".join(problems) + ".")
+  hf_pixel_checkpoints.raise_problems(source, "BLIP", problems)
   return Config(
-      vision_width=vision.hidden_size, vision_layers=vision.num_hidden_layers,
-      vision_heads=vision.num_attention_heads, vision_mlp=vision.intermediate_size,
-      patch_size=vision.patch_size, image_size=vision.image_size, hidden_act=vision.hidden_act,
+      **hf_pixel_checkpoints.vision_fields(vision), hidden_act=vision.hidden_act,
       vision_eps=vision.layer_norm_eps, vocab_size=text.vocab_size,
       hidden_size=text.hidden_size, num_heads=text.num_attention_heads,
       intermediate_size=text.intermediate_size, num_layers=text.num_hidden_layers,
       max_position=text.max_position_embeddings, dropout_rate=float(text.hidden_dropout_prob))
 
 
-def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
-  """Reads a Hugging Face `BlipForImageTextRetrieval` directory (config.json + weights).
-
-  Args:
-    path: the directory, e.g. a local copy of Salesforce/blip-itm-base-coco. Its `vocab.txt`,
-      when present, becomes `config.vocab_path`.
-    config: sizes to load into; by default read from config.json.
-    trust_pickle: allow a full unpickle of `pytorch_model.bin` (runs code from the file).
-
-  Returns:
-    (config, params) with float32 numpy params.
-
-  Raises:
-    checkpoint_files.CheckpointFileError: no directory, no config.json, no or a damaged weight file.
-    ValueError: config.json is not a BLIP model's, or its [ENC] id is not the config's.
-    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-  """
-  config_path = os.path.join(path, "config.json")
-  hf_config = checkpoint_files.read_json(config_path)
-  if hf_config.get("model_type") != "blip":
-    raise ValueError(f"{config_path} has model_type {hf_config.get('model_type')!r}; expected "
-                     "'blip' (a BlipForImageTextRetrieval checkpoint). Point the BLIP scorer at "
-                     "a BLIP ITM directory.")
-  config = config or config_from_hf(hf_config, config_path)
+def _with_vocabulary(path: str, config: Config) -> Config:
+  """`config` with `vocab_path` set to the directory's vocab.txt if it has one; its [ENC] id
+  checked."""
   vocab = os.path.join(path, "vocab.txt")
   if os.path.isfile(vocab):
     config = dataclasses.replace(config, vocab_path=vocab)
@@ -166,13 +137,22 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   if enc != config.enc_token_id:
     raise ValueError(f"{path}: the tokenizer gives [ENC] the id {enc}; the config expects "
                      f"{config.enc_token_id}. Use the vocabulary the checkpoint came with.")
-  _, state, source = checkpoint_files.read_hf_directory(path, trust_pickle=trust_pickle)
-  for key, value in state.items():
-    if key.endswith("patch_embedding.weight") and value.ndim == 4:
-      state[key] = np.transpose(value, (2, 3, 1, 0))  # PyTorch OIHW -> Flax HWIO.
-  template = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-  params = common.torch_to_flax(state, template, source=source, ignore=IGNORED_KEYS)
-  return config, params
+  return config
+
+
+def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
+  """(config, params) from a Hugging Face `BlipForImageTextRetrieval` directory (config.json +
+  weights), e.g. a local copy of Salesforce/blip-itm-base-coco.
+
+  Arguments and errors as `hf_pixel_checkpoints.load`'s; the directory's `vocab.txt`, when
+  present, becomes `config.vocab_path`, and a vocabulary whose [ENC] id is not the config's is
+  a ValueError.
+  """
+  return hf_pixel_checkpoints.load(
+      path, config, model_type="blip", expected="(a BlipForImageTextRetrieval checkpoint). Point "
+      "the BLIP scorer at a BLIP ITM directory.", config_from_hf=config_from_hf,
+      init_params=init_params, ignore=IGNORED_KEYS, trust_pickle=trust_pickle,
+      prepare=_with_vocabulary)
 
 
 _ITM = common.itm_functions(Model, MATCH_INDEX, image_inputs=image_inputs,

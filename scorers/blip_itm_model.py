@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from scorers import clip_model
+from scorers import common
 from scorers import layers
 from scorers import pixels as pixels_lib
 
@@ -69,26 +70,17 @@ class Config:
   vocab_path: str = ""  # "" = the bundled bert-base-uncased vocabulary.
 
   def __post_init__(self):
-    problems = []
+    problems = clip_model.config_problems(self, ("vision_width", "vision_heads"),
+                                          ("hidden_size", "num_heads"))
     if self.first_token not in ("enc", "cls"):
       problems.append(f"first_token={self.first_token!r}: expected 'enc' or 'cls'")
-    if self.dtype not in ("float32", "bfloat16"):
-      problems.append(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
-    if self.hidden_act not in clip_model._ACTIVATIONS:  # pylint: disable=protected-access
-      problems.append(f"hidden_act={self.hidden_act!r}: expected one of "
-                      f"{sorted(clip_model._ACTIVATIONS)}")  # pylint: disable=protected-access
     if not 2 <= self.max_text_len <= self.max_position:
       problems.append(f"max_text_len={self.max_text_len}: expected 2..max_position "
                       f"({self.max_position})")
     if self.image_size < self.patch_size:
       problems.append(f"image_size={self.image_size} is smaller than patch_size="
                       f"{self.patch_size}")
-    for width, heads, what in ((self.vision_width, self.vision_heads, "vision_width"),
-                               (self.hidden_size, self.num_heads, "hidden_size")):
-      if width % heads:
-        problems.append(f"{what}={width} is not divisible by its {heads} heads")
-    if problems:
-      raise ValueError("scorers/blip_itm.py: invalid Config: " + "; ".join(problems) + ".")
+    clip_model.raise_config_problems("scorers/blip_itm.py", problems)
 
   @property
   def compute_dtype(self):
@@ -108,11 +100,7 @@ _VARIANTS = {
 
 def default_config(variant: str | None = None) -> Config:
   """The released sizes: "base" (ViT-B/16, blip-itm-base-coco) or "large" (ViT-L/16)."""
-  variant = variant or "base"
-  if variant not in _VARIANTS:
-    raise ValueError(f"scorers/blip_itm.py: unknown variant {variant!r}; known: "
-                     f"{', '.join(sorted(_VARIANTS))}.")
-  return _VARIANTS[variant]
+  return common.variant_config(_VARIANTS, variant, "base", "scorers/blip_itm_model.py")
 
 
 def tiny_config() -> Config:
@@ -136,12 +124,8 @@ def preprocess(pixels: jax.Array, image_size: int) -> jax.Array:
 # The vision transformer (`vision_model.*`).
 
 
-def _dense(features: int, name: str, dtype) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
 def _vision_norm(name: str, config: Config, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.vision_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return layers.layer_norm(name, dtype, config.vision_eps)
 
 
 class BlipAttention(nn.Module):
@@ -153,11 +137,11 @@ class BlipAttention(nn.Module):
   def __call__(self, x):
     c = self.config
     head_dim = c.vision_width // c.vision_heads
-    qkv = _dense(3 * c.vision_width, "qkv", self.dtype)(x)
+    qkv = layers.dense(3 * c.vision_width, "qkv", self.dtype)(x)
     qkv = qkv.reshape(x.shape[:-1] + (3, c.vision_heads, head_dim))
     query, key, value = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     out = layers.dot_product_attention(query, key, value)  # every patch is real: no mask
-    return _dense(c.vision_width, "projection", self.dtype)(out.reshape(x.shape))
+    return layers.dense(c.vision_width, "projection", self.dtype)(out.reshape(x.shape))
 
 
 class BlipEncoderLayer(nn.Module):
@@ -183,9 +167,7 @@ class BlipVisionModel(nn.Module):
   def __call__(self, pixel_values):
     """[N, S, S, 3] normalised pixels -> [N, 1 + P, vision_width] patch embeddings."""
     c = self.config
-    if pixel_values.shape[1:3] != (c.image_size, c.image_size):
-      raise ValueError(f"scorers/blip_itm.py: images of {pixel_values.shape[1:3]} pixels; the "
-                       f"model takes {c.image_size}x{c.image_size}. Use blip_itm.preprocess.")
+    clip_model.check_image_size(pixel_values, c.image_size, "blip_itm")
     x = BlipVisionEmbeddings(c, self.dtype, name="embeddings")(pixel_values.astype(self.dtype))
     x = BlipEncoder(c, self.dtype, name="encoder")(x)
     return _vision_norm("post_layernorm", c, self.dtype)(x)
@@ -212,11 +194,8 @@ class BlipVisionEmbeddings(nn.Module):
   def __call__(self, pixel_values):
     c = self.config
     width = c.vision_width
-    patches = nn.Conv(width, (c.patch_size, c.patch_size), strides=c.patch_size,
-                      padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                      name="patch_embedding")(pixel_values)
+    patches = clip_model.patch_embeddings(pixel_values, width, c.patch_size, self.dtype)
     n = patches.shape[0]
-    patches = patches.reshape(n, -1, width)  # Row-major over the grid, as PyTorch's flatten.
     cls = self.param("class_embedding", nn.initializers.normal(0.02), (1, 1, width), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, width)), patches], 1)
     positions = self.param("position_embedding", nn.initializers.normal(0.02),
@@ -249,9 +228,9 @@ class CrossSelfAttention(nn.Module):
 
   def setup(self):
     c, dtype = self.config, self.config.compute_dtype
-    self.query = _dense(c.hidden_size, "query", dtype)
-    self.key = _dense(c.hidden_size, "key", dtype)
-    self.value = _dense(c.hidden_size, "value", dtype)
+    self.query = layers.dense(c.hidden_size, "query", dtype)
+    self.key = layers.dense(c.hidden_size, "key", dtype)
+    self.value = layers.dense(c.hidden_size, "value", dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def kv(self, image_embeds):
@@ -354,7 +333,7 @@ class Model(nn.Module):
     c = self.config
     self.vision_model = BlipVisionModel(c, c.compute_dtype)
     self.text_encoder = BlipTextModel(c)
-    self.itm_head = _dense(2, "itm_head", c.compute_dtype)
+    self.itm_head = layers.dense(2, "itm_head", c.compute_dtype)
 
   def encode_image(self, pixel_values):
     """[N, S, S, 3] normalised pixels -> [N, 1 + P, vision_width] patch embeddings."""

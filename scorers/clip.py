@@ -20,18 +20,15 @@ Same run: `score` on 6,000 captions of 24 tokens, 182k captions/s in bf16 (45k a
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from scorers import checkpoint_files
-from scorers import common
-from scorers import registry
+from scorers import hf_pixel_checkpoints
 from scorers import tokens
+from scorers import two_tower
 from scorers.clip_model import (CLIP_MEAN, CLIP_S_WEIGHT, CLIP_STD, EOT_ID, MAX_LOGIT_SCALE,
                                 SOT_ID, Config, Model, default_config, preprocess, tiny_config)
 
@@ -41,35 +38,10 @@ __all__ = ["CLIP_MEAN", "CLIP_STD", "SOT_ID", "EOT_ID", "Config", "Model", "defa
            "text_format", "config_from_hf", "load", "SCORER"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init_params(config: Config, rng: jax.Array) -> dict:
-  """Random parameters (the `params` collection), float32."""
-  ids = jnp.zeros((1, config.context_length), jnp.int32)
-  pixels = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  return Model(config).init(rng, ids, jnp.ones_like(ids), pixels, method=Model.init_all)["params"]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def embed_images(params, config: Config, pixels: jax.Array) -> jax.Array:
-  """[N, H, W, 3] uint8 RGB -> [N, projection_dim] float32 unit-norm image embeddings."""
-  out = Model(config).apply({"params": params}, preprocess(pixels, config.image_size),
-                            method=Model.encode_image)
-  return out["image_embeds"]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def embed_texts(params, config: Config, ids: jax.Array, mask: jax.Array) -> jax.Array:
-  """ids, mask: [N, T] int32 -> [N, projection_dim] float32 unit-norm text embeddings."""
-  out = Model(config).apply({"params": params}, ids, mask, method=Model.encode_text)
-  return out["text_embeds"]
-
-
-def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict:
-  """{"pixels": [N, H, W, 3] uint8} -> {"image_embeds": [N, D] float32 unit norm} (jitted)."""
-  if "pixels" not in images:
-    raise KeyError(f"clip.image_inputs needs images['pixels'] ([N, H, W, 3] uint8 RGB); found "
-                   f"keys {sorted(images)}. Give the data source pixels (Split.pixels).")
-  return {"image_embeds": embed_images(params, config, images["pixels"])}
+_TOWERS = two_tower.tower_functions("clip", Model, preprocess,
+                                    text_length=lambda config: config.context_length)
+init_params, embed_images = _TOWERS["init_params"], _TOWERS["embed_images"]
+embed_texts, image_inputs = _TOWERS["embed_texts"], _TOWERS["image_inputs"]
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -78,8 +50,7 @@ def score(params, config: Config, text_ids, text_mask, image_inputs: dict) -> ja
 
   Runs only the text tower; `image_inputs` (from `image_inputs`) is aligned with the captions.
   """
-  cos = jnp.sum(embed_texts(params, config, text_ids, text_mask)
-                * image_inputs["image_embeds"].astype(jnp.float32), axis=-1)
+  cos = two_tower.cosines(params, config, embed_texts, text_ids, text_mask, image_inputs)
   if config.score == "clip_s":
     return CLIP_S_WEIGHT * jnp.maximum(cos, 0.0)
   return 100.0 * cos
@@ -140,64 +111,28 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> Config
 
   hf_config = transformers.CLIPConfig(**hf)
   text, vision = hf_config.text_config, hf_config.vision_config
-  image_size, patch_size = vision.image_size, vision.patch_size
-  problems = []
-  if text.hidden_act != vision.hidden_act or text.layer_norm_eps != vision.layer_norm_eps:
-    problems.append(f"the towers differ in hidden_act ({text.hidden_act} vs {vision.hidden_act})"
-                    f" or layer_norm_eps ({text.layer_norm_eps} vs {vision.layer_norm_eps})")
-  if not isinstance(image_size, int) or not isinstance(patch_size, int):
-    problems.append(f"non-square image_size {image_size} or patch_size {patch_size}")
+  problems = (hf_pixel_checkpoints.towers_problems(text, vision)
+              + hf_pixel_checkpoints.vision_problems(vision))
   if not isinstance(text.eos_token_id, int):
     problems.append(f"text eos_token_id {text.eos_token_id!r} is not one id")
-  if problems:
-    raise ValueError(f"{source}: unsupported CLIP config: " + "; ".join(problems) + ".")
+  hf_pixel_checkpoints.raise_problems(source, "CLIP", problems)
   return Config(
-      vision_width=vision.hidden_size, vision_layers=vision.num_hidden_layers,
-      vision_heads=vision.num_attention_heads, vision_mlp=vision.intermediate_size,
-      patch_size=patch_size, image_size=image_size, text_width=text.hidden_size,
-      text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
-      text_mlp=text.intermediate_size, vocab_size=text.vocab_size,
-      context_length=text.max_position_embeddings, projection_dim=hf_config.projection_dim,
-      hidden_act=text.hidden_act, layer_norm_eps=text.layer_norm_eps,
-      eos_token_id=text.eos_token_id, logit_scale_init=hf_config.logit_scale_init_value,
+      **hf_pixel_checkpoints.vision_fields(vision), **hf_pixel_checkpoints.text_tower_fields(text),
+      projection_dim=hf_config.projection_dim, eos_token_id=text.eos_token_id,
+      logit_scale_init=hf_config.logit_scale_init_value,
       max_text_len=min(77, text.max_position_embeddings))
 
 
 def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
-  """Reads a Hugging Face `CLIPModel` directory (config.json + model.safetensors or .bin).
-
-  Args:
-    path: the directory, e.g. a local copy of openai/clip-vit-base-patch32.
-    config: sizes to load into; by default read from config.json. Shapes that disagree with
-      the checkpoint raise `common.CheckpointMismatch`.
-    trust_pickle: allow a full unpickle of `pytorch_model.bin` (runs code from the file).
-
-  Returns:
-    (config, params) with float32 numpy params.
-
-  Raises:
-    checkpoint_files.CheckpointFileError: no directory, no config.json, no or a damaged weight file.
-    ValueError: config.json is not a CLIP model's.
-    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-  """
-  config_path = os.path.join(path, "config.json")
-  hf_config = checkpoint_files.read_json(config_path)
-  if hf_config.get("model_type") != "clip":
-    raise ValueError(f"{config_path} has model_type {hf_config.get('model_type')!r}; expected "
-                     "'clip' (a CLIPModel checkpoint). Point the CLIP scorer at a CLIP "
-                     "directory, or pick the scorer that matches this model.")
-  config = config or config_from_hf(hf_config, config_path)
-  _, state, source = checkpoint_files.read_hf_directory(path, trust_pickle=trust_pickle)
-  for key, value in state.items():
-    if key.endswith("patch_embedding.weight") and value.ndim == 4:
-      state[key] = np.transpose(value, (2, 3, 1, 0))  # PyTorch OIHW -> Flax HWIO.
-  template = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-  params = common.torch_to_flax(state, template, source=source, ignore=IGNORED_KEYS)
-  return config, params
+  """(config, params) from a Hugging Face `CLIPModel` directory, e.g. a local copy of
+  openai/clip-vit-base-patch32; arguments and errors as `hf_pixel_checkpoints.load`'s."""
+  return hf_pixel_checkpoints.load(
+      path, config, model_type="clip", expected="(a CLIPModel checkpoint). Point the CLIP scorer "
+      "at a CLIP directory, or pick the scorer that matches this model.",
+      config_from_hf=config_from_hf, init_params=init_params, ignore=IGNORED_KEYS,
+      trust_pickle=trust_pickle)
 
 
-SCORER = registry.Scorer(
-    name="clip", objective="contrastive", match_index=None, image_kind="pixels", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss, embed_texts=embed_texts)
+SCORER = two_tower.scorer(
+    "clip", Model, _TOWERS, default_config=default_config, tiny_config=tiny_config, load=load,
+    tokenizer=tokenizer, text_format=text_format, score=score, pretrain_loss=pretrain_loss)

@@ -26,15 +26,15 @@ import jax.numpy as jnp
 
 from scorers import common
 from scorers import layers
+from scorers import pixels as pixels_lib
+from scorers.pixels import CLIP_MEAN, CLIP_STD
 
 
 SOT_ID, EOT_ID = 49406, 49407  # The BPE vocabulary's specials; EOT is the largest id.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_S_WEIGHT = 2.5
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature at 100 while training.
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP.
     "gelu": layers.erf_gelu,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -74,25 +74,38 @@ class Config:
   prompt: str = ""  # E.g. "A photo depicts" (CLIP-S); put before every caption.
 
   def __post_init__(self):
-    problems = []
+    problems = config_problems(self, ("vision_width", "vision_heads"),
+                               ("text_width", "text_heads"))
     if self.score not in ("cos100", "clip_s"):
       problems.append(f"score={self.score!r}: expected 'cos100' or 'clip_s'")
-    if self.dtype not in ("float32", "bfloat16"):
-      problems.append(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
-    if self.hidden_act not in _ACTIVATIONS:
-      problems.append(f"hidden_act={self.hidden_act!r}: expected one of {sorted(_ACTIVATIONS)}")
     if not 2 <= self.max_text_len <= self.context_length:
       problems.append(f"max_text_len={self.max_text_len}: expected 2..context_length "
                       f"({self.context_length})")
     if self.image_size % self.patch_size:
       problems.append(f"image_size={self.image_size} is not a multiple of "
                       f"patch_size={self.patch_size}")
-    for tower in ("vision", "text"):
-      width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
-      if width % heads:
-        problems.append(f"{tower}_width={width} is not divisible by {tower}_heads={heads}")
-    if problems:
-      raise ValueError("scorers/clip.py: invalid Config: " + "; ".join(problems) + ".")
+    raise_config_problems("scorers/clip.py", problems)
+
+
+def config_problems(config, *width_and_heads: tuple[str, str]) -> list[str]:
+  """What is wrong with the fields every pixel model's Config has (`dtype`, `hidden_act`) and
+  with each named width that its named head count must divide; [] when all is well."""
+  problems = []
+  if config.dtype not in ("float32", "bfloat16"):
+    problems.append(f"dtype={config.dtype!r}: expected 'float32' or 'bfloat16'")
+  if config.hidden_act not in ACTIVATIONS:
+    problems.append(f"hidden_act={config.hidden_act!r}: expected one of {sorted(ACTIVATIONS)}")
+  for width_field, heads_field in width_and_heads:
+    width, heads = getattr(config, width_field), getattr(config, heads_field)
+    if width % heads:
+      problems.append(f"{width_field}={width} is not divisible by {heads_field}={heads}")
+  return problems
+
+
+def raise_config_problems(source: str, problems: list[str]) -> None:
+  """Raises ValueError listing every problem of a Config at once (none: returns)."""
+  if problems:
+    raise ValueError(f"{source}: invalid Config: " + "; ".join(problems) + ".")
 
 
 _VARIANTS = {
@@ -119,13 +132,29 @@ def tiny_config() -> Config:
 # The Flax modules.
 
 
-def _dense(features: int, name: str, dtype, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
+def config_layer_norm(name: str, config, dtype) -> nn.LayerNorm:
+  """A LayerNorm with the Config's `layer_norm_eps` (CLIP's and SigLIP's towers share one)."""
+  return layers.layer_norm(name, dtype, config.layer_norm_eps)
 
 
-def _layer_norm(name: str, config: Config, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32,
-                      name=name)
+def check_image_size(pixel_values: jax.Array, image_size: int, scorer: str) -> None:
+  """Raises ValueError unless pixel_values is [N, image_size, image_size, 3]."""
+  if pixel_values.shape[1:3] != (image_size, image_size):
+    raise ValueError(f"scorers/{scorer}.py: images of {pixel_values.shape[1:3]} pixels; the model "
+                     f"takes {image_size}x{image_size}. Use {scorer}.preprocess first.")
+
+
+def patch_embeddings(pixel_values: jax.Array, width: int, patch_size: int, dtype,
+                     use_bias: bool = True) -> jax.Array:
+  """The `patch_embedding` convolution of a ViT: [N, S, S, 3] -> [N, P, width].
+
+  Call inside a compact module. The patches come row-major over the grid, like PyTorch's
+  flatten of [N, width, rows, cols].
+  """
+  patches = nn.Conv(width, (patch_size, patch_size), strides=patch_size, padding="VALID",
+                    use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                    name="patch_embedding")(pixel_values)
+  return patches.reshape(patches.shape[0], -1, width)
 
 
 class CLIPAttention(nn.Module):
@@ -145,13 +174,14 @@ class CLIPAttention(nn.Module):
     head_dim = self.width // self.heads
 
     def heads(name):
-      y = _dense(self.width, name, self.dtype)(x)
+      y = layers.dense(self.width, name, self.dtype)(x)
       return y.reshape(y.shape[:-1] + (self.heads, head_dim))
 
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     out = layers.dot_product_attention(heads("q_proj"), heads("k_proj"), heads("v_proj"),
                                        mask=mask, causal=self.causal)
-    return _dense(self.width, "out_proj", self.dtype)(out.reshape(x.shape[:-1] + (self.width,)))
+    out = out.reshape(x.shape[:-1] + (self.width,))
+    return layers.dense(self.width, "out_proj", self.dtype)(out)
 
 
 class CLIPMLP(nn.Module):
@@ -162,8 +192,8 @@ class CLIPMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = _ACTIVATIONS[self.config.hidden_act](_dense(self.hidden, "fc1", self.dtype)(x))
-    return _dense(self.width, "fc2", self.dtype)(x)
+    x = ACTIVATIONS[self.config.hidden_act](layers.dense(self.hidden, "fc1", self.dtype)(x))
+    return layers.dense(self.width, "fc2", self.dtype)(x)
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -177,10 +207,10 @@ class CLIPEncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, key_mask):
-    h = _layer_norm("layer_norm1", self.config, self.dtype)(x)
+    h = config_layer_norm("layer_norm1", self.config, self.dtype)(x)
     x = x + CLIPAttention(self.width, self.heads, self.dtype, self.causal, name="self_attn")(
         h, key_mask)
-    h = _layer_norm("layer_norm2", self.config, self.dtype)(x)
+    h = config_layer_norm("layer_norm2", self.config, self.dtype)(x)
     return x + CLIPMLP(self.config, self.width, self.mlp, self.dtype, name="mlp")(h)
 
 
@@ -232,7 +262,7 @@ class CLIPTextTransformer(nn.Module):
     x = CLIPTextEmbeddings(c, self.dtype, name="embeddings")(ids)
     x = CLIPEncoder(c, c.text_width, c.text_heads, c.text_mlp, c.text_layers, self.dtype,
                     causal=True, name="encoder")(x, mask)
-    x = _layer_norm("final_layer_norm", c, self.dtype)(x)
+    x = config_layer_norm("final_layer_norm", c, self.dtype)(x)
     if c.eos_token_id == 2:  # Legacy OpenAI configs: EOT is the largest id.
       eot = jnp.argmax(ids, axis=-1)
     else:
@@ -248,12 +278,9 @@ class CLIPVisionEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, pixel_values):
     c = self.config
-    patches = nn.Conv(c.vision_width, (c.patch_size, c.patch_size), strides=c.patch_size,
-                      padding="VALID", use_bias=False, dtype=self.dtype,
-                      param_dtype=jnp.float32, name="patch_embedding")(pixel_values)
+    patches = patch_embeddings(pixel_values, c.vision_width, c.patch_size, self.dtype,
+                               use_bias=False)
     n = patches.shape[0]
-    # Row-major over the patch grid, like PyTorch's flatten of [N, width, rows, cols].
-    patches = patches.reshape(n, -1, c.vision_width)
     cls = self.param("class_embedding", nn.initializers.normal(c.vision_width**-0.5),
                      (c.vision_width,), jnp.float32)
     cls = jnp.broadcast_to(cls.astype(self.dtype), (n, 1, c.vision_width))
@@ -272,17 +299,16 @@ class CLIPVisionTransformer(nn.Module):
   def __call__(self, pixel_values):
     """pixel_values: [N, S, S, 3] normalised -> (pooled [N, width], hidden [N, 1 + P, width])."""
     c = self.config
-    if pixel_values.shape[1:3] != (c.image_size, c.image_size):
-      raise ValueError(f"scorers/clip.py: images of {pixel_values.shape[1:3]} pixels; the model takes "
-                       f"{c.image_size}x{c.image_size}. Use clip.preprocess first.")
+    check_image_size(pixel_values, c.image_size, "clip")
     x = CLIPVisionEmbeddings(c, self.dtype, name="embeddings")(pixel_values.astype(self.dtype))
-    x = _layer_norm("pre_layrnorm", c, self.dtype)(x)
+    x = config_layer_norm("pre_layrnorm", c, self.dtype)(x)
     x = CLIPEncoder(c, c.vision_width, c.vision_heads, c.vision_mlp, c.vision_layers, self.dtype,
                     name="encoder")(x, None)
-    return _layer_norm("post_layernorm", c, self.dtype)(x[:, 0]), x
+    return config_layer_norm("post_layernorm", c, self.dtype)(x[:, 0]), x
 
 
-def _normalize(x: jax.Array) -> jax.Array:
+def unit_norm(x: jax.Array) -> jax.Array:
+  """x / |x| over the last axis, in float32."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-30))
 
@@ -297,21 +323,22 @@ class Model(nn.Module):
     self.text_model = CLIPTextTransformer(c, dtype)
     self.vision_model = CLIPVisionTransformer(c, dtype)
     # Projections in float32: they are cheap and feed the cosine directly.
-    self.text_projection = _dense(c.projection_dim, "text_projection", jnp.float32, False)
-    self.visual_projection = _dense(c.projection_dim, "visual_projection", jnp.float32, False)
+    self.text_projection = layers.dense(c.projection_dim, "text_projection", jnp.float32, False)
+    self.visual_projection = layers.dense(c.projection_dim, "visual_projection", jnp.float32,
+                                          False)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init),
                                   (), jnp.float32)
 
   def encode_text(self, text_ids, text_mask):
     """[N, T] int32 ids and mask -> dict: text_embeds [N, D] unit norm, text_pooled, text_hidden."""
     pooled, hidden = self.text_model(text_ids, text_mask)
-    embeds = _normalize(self.text_projection(pooled.astype(jnp.float32)))
+    embeds = unit_norm(self.text_projection(pooled.astype(jnp.float32)))
     return {"text_embeds": embeds, "text_pooled": pooled, "text_hidden": hidden}
 
   def encode_image(self, pixel_values):
     """[N, S, S, 3] normalised pixels -> dict: image_embeds [N, D] unit norm, pooled, hidden."""
     pooled, hidden = self.vision_model(pixel_values)
-    embeds = _normalize(self.visual_projection(pooled.astype(jnp.float32)))
+    embeds = unit_norm(self.visual_projection(pooled.astype(jnp.float32)))
     return {"image_embeds": embeds, "image_pooled": pooled, "image_hidden": hidden}
 
   def __call__(self, text_ids, text_mask, image_inputs, deterministic: bool = True):
@@ -328,12 +355,7 @@ class Model(nn.Module):
       states and "cos").
     """
     del deterministic
-    out = self.encode_text(text_ids, text_mask)
-    if "image_embeds" in image_inputs:
-      out["image_embeds"] = image_inputs["image_embeds"].astype(jnp.float32)
-    else:
-      out.update(self.encode_image(preprocess(image_inputs["pixels"], self.config.image_size)))
-    out["cos"] = jnp.sum(out["text_embeds"] * out["image_embeds"], axis=-1)
+    out = cosine_outputs(self, text_ids, text_mask, image_inputs, preprocess)
     return jnp.exp(self.logit_scale) * out["cos"], out
 
   def init_all(self, text_ids, text_mask, pixel_values):
@@ -341,18 +363,28 @@ class Model(nn.Module):
     return self.encode_text(text_ids, text_mask), self.encode_image(pixel_values)
 
 
+def cosine_outputs(model: nn.Module, text_ids, text_mask, image_inputs, preprocess_fn) -> dict:
+  """The out_dict of a two-tower model's `__call__`, "cos" [N] float32 included.
+
+  Args:
+    model: the bound model, with `encode_text` and `encode_image` giving unit-norm
+      "text_embeds" and "image_embeds".
+    text_ids, text_mask: [N, T] int32.
+    image_inputs: {"image_embeds": [N, D]}, or {"pixels": [N, H, W, 3] uint8} to run the vision
+      tower here (after `preprocess_fn(pixels, image_size)`).
+  """
+  out = model.encode_text(text_ids, text_mask)
+  if "image_embeds" in image_inputs:
+    out["image_embeds"] = image_inputs["image_embeds"].astype(jnp.float32)
+  else:
+    pixel_values = preprocess_fn(image_inputs["pixels"], model.config.image_size)
+    out.update(model.encode_image(pixel_values))
+  out["cos"] = jnp.sum(out["text_embeds"] * out["image_embeds"], axis=-1)
+  return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Image preprocessing, done on the device.
-
-
-def _resize_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
-  """Bicubic (a = -0.5) resize of one axis, antialiased when shrinking, rounded to uint8 levels."""
-  scale = size / x.shape[axis]
-  shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
-  x = jax.image.scale_and_translate(x, shape, (axis,), jnp.array([scale]), jnp.array([0.0]),
-                                    "cubic", antialias=True,
-                                    precision=jax.lax.Precision.HIGHEST)
-  return jnp.clip(jnp.round(x), 0.0, 255.0)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -376,9 +408,9 @@ def preprocess(pixels: jax.Array, image_size: int) -> jax.Array:
     new_h, new_w = int(image_size * height / width), image_size
   x = pixels.astype(jnp.float32)
   if new_w != width:
-    x = _resize_axis(x, 2, new_w)
+    x = pixels_lib.resize_axis(x, 2, new_w)
   if new_h != height:
-    x = _resize_axis(x, 1, new_h)
+    x = pixels_lib.resize_axis(x, 1, new_h)
   top = int(round((new_h - image_size) / 2.0))
   left = int(round((new_w - image_size) / 2.0))
   x = x[:, top:top + image_size, left:left + image_size]

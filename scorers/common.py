@@ -153,6 +153,17 @@ def torch_to_flax(
   return traverse_util.unflatten_dict(filled)
 
 
+def params_from_state(state_dict: Mapping[str, np.ndarray], init_params: Callable, config, *,
+                      source: str, rename: Callable[[str], str | None] = lambda key: key,
+                      ignore: Iterable[str] = ()) -> dict[str, Any]:
+  """`torch_to_flax` onto the tree of `init_params(config, rng)` (only its shapes: nothing is
+  initialised). Raises as `torch_to_flax` does."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  template = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+  return torch_to_flax(state_dict, template, source=source, rename=rename, ignore=ignore)
+
+
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str, source: str = "state dict"
                  ) -> dict[str, Any]:
   """Removes `prefix` (e.g. 'module.' from DataParallel) from every key that has it.
@@ -206,6 +217,17 @@ def config_from_original(config_type, original: Mapping[str, Any], keys: Mapping
 
 # ------------------------------------------------------------------------------------------
 # The parts every ITM scorer shares.
+
+
+def region_arrays(images: Mapping[str, Any]):
+  """(feats [N, R, F] float32, boxes [N, R, 4] float32, mask [N, R] int32) from the data's
+  region dict: "region_feats", "region_boxes" (x1/W, y1/H, x2/W, y2/H: fractions of the image
+  size) and "region_mask" (1 = a real region)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  return (jnp.asarray(images["region_feats"], jnp.float32),
+          jnp.asarray(images["region_boxes"], jnp.float32),
+          jnp.asarray(images["region_mask"], jnp.int32))
 
 
 def match_score(logits, match_index: int):

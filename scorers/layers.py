@@ -105,6 +105,14 @@ def single_stream_outputs(hidden: jax.Array, pooled: jax.Array, text_length: int
           "text_output": hidden[:, :text_length], "image_output": hidden[:, text_length:]}
 
 
+def single_stream_input(text: jax.Array, regions: jax.Array, text_mask: jax.Array,
+                        region_mask: jax.Array, dtype: Dtype) -> tuple[jax.Array, jax.Array]:
+  """[text ; regions] [N, T + R, H] and its attention bias [N, 1, 1, T + R] in `dtype`, from the
+  embedded text [N, T, H] and regions [N, R, H] and their 1/0 masks [N, T] and [N, R]."""
+  mask = jnp.concatenate([text_mask, region_mask], axis=1)
+  return jnp.concatenate([text, regions], axis=1), attention_bias(mask, dtype)
+
+
 def attention_bias(mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
   """[N, T] 1/0 key mask -> [N, 1, 1, T] additive bias (0 where kept, -10000 where masked)."""
   return ((1.0 - mask[:, None, None, :].astype(jnp.float32)) * -10000.0).astype(dtype)
@@ -128,12 +136,14 @@ def gelu(x: jax.Array) -> jax.Array:
   return erf_gelu(x)
 
 
-def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+def layer_norm(name: str, dtype: Dtype, epsilon: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+  """A LayerNorm computing in `dtype` with float32 params (BERT's eps unless told)."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+  """A Dense computing in `dtype` with float32 params."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def cudnn_can_run(dtype: Dtype, head_dim: int, platform: str) -> bool:

@@ -350,10 +350,8 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
     state = checkpoint_files.read_weights_file(path, trust_pickle=trust_pickle)
     source, config = path, config or default_config()
   state = common.strip_prefix(state, "module.", source)
-  template = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
-  params = common.torch_to_flax(state, template, source=source, rename=_rename,
-                                ignore=IGNORED_KEYS)
-  return config, params
+  return config, common.params_from_state(state, init_params, config, source=source,
+                                          rename=_rename, ignore=IGNORED_KEYS)
 
 
 SCORER = common.itm_scorer(

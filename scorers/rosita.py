@@ -185,26 +185,18 @@ class Model(nn.Module):
   def __call__(self, text_ids, text_mask, image_inputs, deterministic: bool = True):
     """Scores caption/image pairs.
 
-    Args:
-      text_ids: [N, T] int32 WordPiece ids, [CLS] first, 0-padded.
-      text_mask: [N, T] int32, 1 for real tokens.
-      image_inputs: from `image_inputs`: "imgfeat" [N, R, img_dim], "bbox" [N, R, 5],
-        "img_mask" [N, R].
-      deterministic: False turns dropout on (needs a "dropout" rng).
-
-    Returns:
-      (itm_logits [N, 2] float32, out) where out holds "pooled_output" [N, H],
-      "sequence_output" [N, T + R, H] (text then regions), "text_output" [N, T, H] and
-      "image_output" [N, R, H].
+    `text_ids`, `text_mask` [N, T] int32 ([CLS] words [SEP], 0-padded) and `image_inputs`
+    (from `image_inputs`: "imgfeat" [N, R, img_dim], "bbox" [N, R, 5], "img_mask" [N, R]) ->
+    (ITM logits [N, 2] float32, `layers.single_stream_outputs`). `deterministic=False` turns
+    dropout on (needs a "dropout" rng).
     """
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
     text = TextEmbeddings(cfg, name="text_embeddings")(text_ids, deterministic)
     regions = VisualEmbeddings(cfg, name="visual_embeddings")(
         image_inputs["imgfeat"].astype(dtype), image_inputs["bbox"].astype(dtype), deterministic)
-    mask = jnp.concatenate([text_mask, image_inputs["img_mask"]], axis=1)
-    hidden = Backbone(cfg, name="backbone")(
-        jnp.concatenate([text, regions], axis=1), layers.attention_bias(mask, dtype),
-        deterministic)
+    x, bias = layers.single_stream_input(text, regions, text_mask, image_inputs["img_mask"],
+                                         dtype)
+    hidden = Backbone(cfg, name="backbone")(x, bias, deterministic)
     # ROSITA's Pooler is BERT's: tanh(dense(hidden of token 0)), token 0 being text [CLS].
     pooled = layers.BertPooler(cfg.hidden_size, dtype, name="pooler")(hidden)
     logits = MmITMHead(cfg, name="mm_itm_head")(pooled).astype(jnp.float32)
@@ -212,25 +204,19 @@ class Model(nn.Module):
 
 
 def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
-  """Region features and ROSITA's 5-d boxes from the data's region dict.
-
-  Args:
-    params: unused (the visual embeddings depend on dropout during pretraining, so they are
-      computed inside the model).
-    config: unused; part of the contract.
-    images: "region_feats" [N, R, 2048], "region_boxes" [N, R, 4] (x1/W, y1/H, x2/W, y2/H),
-      "region_mask" [N, R].
+  """Region features and ROSITA's 5-d boxes from the data's region dict (`images`, as
+  `common.region_arrays` reads it). `params` and `config` are unused: the visual embeddings
+  depend on dropout during pretraining, so the model computes them.
 
   Returns:
     "imgfeat" [N, R, 2048] float32, "bbox" [N, R, 5] float32 (the 4 box coordinates and the
     box area as a fraction of the image, as `proc_bbox` builds it), "img_mask" [N, R] int32.
   """
   del params, config
-  boxes = jnp.asarray(images["region_boxes"], jnp.float32)
+  feats, boxes, mask = common.region_arrays(images)
   area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  return {"imgfeat": jnp.asarray(images["region_feats"], jnp.float32),
-          "bbox": jnp.concatenate([boxes, area[..., None]], axis=-1),
-          "img_mask": jnp.asarray(images["region_mask"], jnp.int32)}
+  return {"imgfeat": feats, "bbox": jnp.concatenate([boxes, area[..., None]], axis=-1),
+          "img_mask": mask}
 
 
 def _dummy_inputs(config: Config):
@@ -278,27 +264,20 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   """Reads an original ROSITA checkpoint (`rosita-base.pkl`, `itr-coco-base.pkl`).
 
   Both layouts work: the ITR net and the pretraining net (whose `text_mlm_head`,
-  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are `IGNORED_KEYS`, logged).
+  `imgfeat_head`, `epoch`, `net_optim` and `amp` entries are `IGNORED_KEYS`, logged). `path` is
+  the `.pkl` file `torch.save` wrote; `config` the sizes to expect (default `default_config()`,
+  ROSITA-base); `trust_pickle` allows a full unpickle (runs code from the file) when
+  weights_only fails.
 
-  Args:
-    path: the `.pkl` file (written by `torch.save`).
-    config: the sizes to expect; default `default_config()` (ROSITA-base).
-    trust_pickle: allow a full unpickle (runs code from the file) when weights_only fails.
-
-  Returns:
-    (config, params) with params a tree of float32 numpy arrays.
-
-  Raises:
-    checkpoint_files.CheckpointFileError: the file cannot be read.
-    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-    ValueError: the file is not ROSITA's layout.
+  Returns (config, params), params a tree of float32 numpy arrays. Raises
+  `checkpoint_files.CheckpointFileError` (the file cannot be read), `common.CheckpointMismatch`
+  (missing, unexpected or mis-shaped keys, all listed) or ValueError (not ROSITA's layout).
   """
   config = config or default_config()
   checkpoint = checkpoint_files.load_torch_file(path, trust_pickle=trust_pickle)
   state = checkpoint_files.state_dict_to_numpy(_flatten_checkpoint(checkpoint, path))
-  template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-  params = common.torch_to_flax(state, template, source=path, ignore=IGNORED_KEYS)
-  return config, params
+  return config, common.params_from_state(state, init_params, config, source=path,
+                                          ignore=IGNORED_KEYS)
 
 
 SCORER = common.itm_scorer(

@@ -35,12 +35,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from scorers import checkpoint_files
-from scorers import common
-from scorers import registry
+from scorers import hf_pixel_checkpoints
 from scorers import tokens
+from scorers import two_tower
 from scorers.siglip_model import Config, Model, default_config, preprocess, tiny_config
 
 __all__ = ["Config", "Model", "default_config", "tiny_config", "preprocess", "init_params",
@@ -50,35 +49,11 @@ __all__ = ["Config", "Model", "default_config", "tiny_config", "preprocess", "in
 SPM_FILE = "spiece.model"
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init_params(config: Config, rng: jax.Array) -> dict:
-  """Random parameters (the `params` collection), float32."""
-  ids = jnp.zeros((1, config.max_text_len), jnp.int32)
-  pixels = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  return Model(config).init(rng, ids, jnp.ones_like(ids), pixels, method=Model.init_all)["params"]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def embed_images(params, config: Config, pixels: jax.Array) -> jax.Array:
-  """[N, H, W, 3] uint8 RGB -> [N, D] float32 unit-norm image embeddings."""
-  out = Model(config).apply({"params": params}, preprocess(pixels, config.image_size),
-                            method=Model.encode_image)
-  return out["image_embeds"]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def embed_texts(params, config: Config, ids: jax.Array, mask: jax.Array) -> jax.Array:
-  """ids, mask: [N, T] int32 (T <= max_text_len) -> [N, D] float32 unit-norm text embeddings."""
-  out = Model(config).apply({"params": params}, ids, mask, method=Model.encode_text)
-  return out["text_embeds"]
-
-
-def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict:
-  """{"pixels": [N, H, W, 3] uint8} -> {"image_embeds": [N, D] float32 unit norm} (jitted)."""
-  if "pixels" not in images:
-    raise KeyError(f"siglip.image_inputs needs images['pixels'] ([N, H, W, 3] uint8 RGB); found "
-                   f"keys {sorted(images)}. Give the data source pixels (Split.pixels).")
-  return {"image_embeds": embed_images(params, config, images["pixels"])}
+# `embed_texts` takes any T <= max_text_len (the model pads the text to max_text_len).
+_TOWERS = two_tower.tower_functions("siglip", Model, preprocess,
+                                    text_length=lambda config: config.max_text_len)
+init_params, embed_images = _TOWERS["init_params"], _TOWERS["embed_images"]
+embed_texts, image_inputs = _TOWERS["embed_texts"], _TOWERS["image_inputs"]
 
 
 def _logits(params, cos):
@@ -93,8 +68,7 @@ def score(params, config: Config, text_ids, text_mask, image_inputs: dict) -> ja
   The text may be narrower than `max_text_len`: it is padded back to it, so any width gives
   the same score.
   """
-  cos = jnp.sum(embed_texts(params, config, text_ids, text_mask)
-                * image_inputs["image_embeds"].astype(jnp.float32), axis=-1)
+  cos = two_tower.cosines(params, config, embed_texts, text_ids, text_mask, image_inputs)
   if config.score == "cos100":
     return 100.0 * cos
   return 100.0 * jax.nn.sigmoid(_logits(params, cos))
@@ -159,26 +133,14 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> Config
   hf_config = transformers.SiglipConfig(**hf)
   text, vision = hf_config.text_config, hf_config.vision_config
   projection = getattr(text, "projection_size", None) or text.hidden_size
-  problems = []
-  if text.hidden_act != vision.hidden_act or text.layer_norm_eps != vision.layer_norm_eps:
-    problems.append(f"the towers differ in hidden_act ({text.hidden_act} vs {vision.hidden_act})"
-                    f" or layer_norm_eps ({text.layer_norm_eps} vs {vision.layer_norm_eps})")
+  problems = (hf_pixel_checkpoints.towers_problems(text, vision)
+              + hf_pixel_checkpoints.vision_problems(vision))
   if not getattr(vision, "vision_use_head", True):
     problems.append("vision_use_head is False (no attention-pooling head to embed images)")
-  if not isinstance(vision.image_size, int) or not isinstance(vision.patch_size, int):
-    problems.append(f"non-square image_size {vision.image_size} or patch_size "
-                    f"{vision.patch_size}")
-  if problems:
-    raise ValueError(f"{source}: unsupported SigLIP config: " + "; ".join(problems) + ".")
+  hf_pixel_checkpoints.raise_problems(source, "SigLIP", problems)
   return Config(
-      vision_width=vision.hidden_size, vision_layers=vision.num_hidden_layers,
-      vision_heads=vision.num_attention_heads, vision_mlp=vision.intermediate_size,
-      patch_size=vision.patch_size, image_size=vision.image_size, text_width=text.hidden_size,
-      text_layers=text.num_hidden_layers, text_heads=text.num_attention_heads,
-      text_mlp=text.intermediate_size, vocab_size=text.vocab_size,
-      context_length=text.max_position_embeddings, projection_size=projection,
-      hidden_act=text.hidden_act, layer_norm_eps=text.layer_norm_eps,
-      max_text_len=min(64, text.max_position_embeddings))
+      **hf_pixel_checkpoints.vision_fields(vision), **hf_pixel_checkpoints.text_tower_fields(text),
+      projection_size=projection, max_text_len=min(64, text.max_position_embeddings))
 
 
 def _check_tokenizer(config: Config, spm_path: str) -> None:
@@ -204,48 +166,34 @@ def _check_tokenizer(config: Config, spm_path: str) -> None:
                      "model). Use the spiece.model that came with the checkpoint.")
 
 
-def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
-  """Reads a Hugging Face `SiglipModel` directory (config.json, weights, spiece.model).
-
-  Args:
-    path: the directory, e.g. a local copy of google/siglip-base-patch16-224.
-    config: sizes to load into; by default read from config.json. Its `spm_path` is set to the
-      directory's spiece.model. Shapes that disagree raise `common.CheckpointMismatch`.
-    trust_pickle: allow a full unpickle of `pytorch_model.bin` (runs code from the file).
-
-  Returns:
-    (config, params) with float32 numpy params.
-
-  Raises:
-    checkpoint_files.CheckpointFileError: no directory, config.json, weights or spiece.model.
-    ValueError: config.json is not a SigLIP model's.
-    common.CheckpointMismatch: missing, unexpected or mis-shaped keys, all listed.
-  """
-  config_path = os.path.join(path, "config.json")
-  hf_config = checkpoint_files.read_json(config_path)
-  if hf_config.get("model_type") != "siglip":
-    raise ValueError(f"{config_path} has model_type {hf_config.get('model_type')!r}; expected "
-                     "'siglip' (a SiglipModel checkpoint; SigLIP 2's NaFlex 'siglip2' is not "
-                     "ported). Point the SigLIP scorer at a SigLIP directory.")
+def _with_tokenizer(path: str, config: Config) -> Config:
+  """`config` with `spm_path` set to the directory's spiece.model, checked."""
   spm_path = os.path.join(path, SPM_FILE)
   if not os.path.isfile(spm_path):
     raise checkpoint_files.CheckpointFileError(
         f"{path} has no {SPM_FILE}: SigLIP's on-device re-tokenization is built from the "
         f"checkpoint's SentencePiece model; found {sorted(os.listdir(path))}. Copy {SPM_FILE} "
         "from the model's repository (SigLIP 2's Gemma tokenizer.json is not supported).")
-  config = dataclasses.replace(config or config_from_hf(hf_config, config_path), spm_path=spm_path)
+  config = dataclasses.replace(config, spm_path=spm_path)
   _check_tokenizer(config, spm_path)
-  _, state, source = checkpoint_files.read_hf_directory(path, trust_pickle=trust_pickle)
-  for key, value in state.items():
-    if key.endswith("patch_embedding.weight") and value.ndim == 4:
-      state[key] = np.transpose(value, (2, 3, 1, 0))  # PyTorch OIHW -> Flax HWIO.
-  template = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-  params = common.torch_to_flax(state, template, source=source, ignore=IGNORED_KEYS)
-  return config, params
+  return config
 
 
-SCORER = registry.Scorer(
-    name="siglip", objective="contrastive", match_index=None, image_kind="pixels", model=Model,
-    default_config=default_config, tiny_config=tiny_config, init_params=init_params, load=load,
-    tokenizer=tokenizer, text_format=text_format, image_inputs=image_inputs, score=score,
-    pretrain_loss=pretrain_loss, embed_texts=embed_texts)
+def load(path: str, config: Config | None = None, *, trust_pickle: bool = False):
+  """(config, params) from a Hugging Face `SiglipModel` directory (config.json, weights,
+  spiece.model), e.g. a local copy of google/siglip-base-patch16-224.
+
+  Arguments and errors as `hf_pixel_checkpoints.load`'s; the config's `spm_path` is set to the
+  directory's spiece.model (`CheckpointFileError` without one, ValueError for one that the
+  on-device re-tokenization cannot follow).
+  """
+  return hf_pixel_checkpoints.load(
+      path, config, model_type="siglip", expected="(a SiglipModel checkpoint; SigLIP 2's NaFlex "
+      "'siglip2' is not ported). Point the SigLIP scorer at a SigLIP directory.",
+      config_from_hf=config_from_hf, init_params=init_params, ignore=IGNORED_KEYS,
+      trust_pickle=trust_pickle, prepare=_with_tokenizer)
+
+
+SCORER = two_tower.scorer(
+    "siglip", Model, _TOWERS, default_config=default_config, tiny_config=tiny_config, load=load,
+    tokenizer=tokenizer, text_format=text_format, score=score, pretrain_loss=pretrain_loss)

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from scorers import clip_model
+from scorers import common
+from scorers import layers
 from scorers import pixels as pixels_lib
 
 PAD_ID = 1  # `</s>`: SigLIP's tokenizer pads with its end token (T5's c4_en SentencePiece).
@@ -76,14 +78,10 @@ class Config:
   spm_path: str = ""
 
   def __post_init__(self):
-    problems = []
+    problems = clip_model.config_problems(self, ("vision_width", "vision_heads"),
+                                          ("text_width", "text_heads"))
     if self.score not in ("prob100", "cos100"):
       problems.append(f"score={self.score!r}: expected 'prob100' or 'cos100'")
-    if self.dtype not in ("float32", "bfloat16"):
-      problems.append(f"dtype={self.dtype!r}: expected 'float32' or 'bfloat16'")
-    if self.hidden_act not in clip_model._ACTIVATIONS:  # pylint: disable=protected-access
-      problems.append(f"hidden_act={self.hidden_act!r}: expected one of "
-                      f"{sorted(clip_model._ACTIVATIONS)}")  # pylint: disable=protected-access
     if not 1 <= self.max_text_len <= self.context_length:
       problems.append(f"max_text_len={self.max_text_len}: expected 1..context_length "
                       f"({self.context_length})")
@@ -93,12 +91,7 @@ class Config:
     if self.projection_size != self.vision_width:
       problems.append(f"projection_size={self.projection_size} differs from vision_width="
                       f"{self.vision_width}; the cosine needs both embeddings the same width")
-    for tower in ("vision", "text"):
-      width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
-      if width % heads:
-        problems.append(f"{tower}_width={width} is not divisible by {tower}_heads={heads}")
-    if problems:
-      raise ValueError("scorers/siglip.py: invalid Config: " + "; ".join(problems) + ".")
+    clip_model.raise_config_problems("scorers/siglip.py", problems)
 
   @property
   def num_patches(self) -> int:
@@ -116,10 +109,7 @@ _VARIANTS = {
 
 def default_config(variant: str | None = None) -> Config:
   """The released sizes: "base-patch16-224" (default) or "so400m-patch14-384"."""
-  variant = variant or "base-patch16-224"
-  if variant not in _VARIANTS:
-    raise ValueError(f"Unknown SigLIP variant {variant!r}; expected one of {sorted(_VARIANTS)}.")
-  return _VARIANTS[variant]
+  return common.variant_config(_VARIANTS, variant, "base-patch16-224", "scorers/siglip_model.py")
 
 
 def tiny_config() -> Config:
@@ -143,15 +133,6 @@ def preprocess(pixels: jax.Array, image_size: int) -> jax.Array:
 # The Flax modules.
 
 
-def _dense(features: int, name: str, dtype, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def _layer_norm(name: str, config: Config, dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32,
-                      name=name)
-
-
 class SiglipTextTransformer(nn.Module):
   """`embeddings` -> `encoder` (no causal mask) -> `final_layer_norm` -> `head`(last position)."""
   config: Config
@@ -165,8 +146,8 @@ class SiglipTextTransformer(nn.Module):
     key_mask = mask if c.text_mask else None
     x = clip_model.CLIPEncoder(c, c.text_width, c.text_heads, c.text_mlp, c.text_layers,
                                self.dtype, name="encoder")(x, key_mask)
-    x = _layer_norm("final_layer_norm", c, self.dtype)(x)
-    return _dense(c.projection_size, "head", self.dtype)(x[:, -1]), x
+    x = clip_model.config_layer_norm("final_layer_norm", c, self.dtype)(x)
+    return layers.dense(c.projection_size, "head", self.dtype)(x[:, -1]), x
 
 
 class MultiheadAttention(nn.Module):
@@ -193,7 +174,7 @@ class MultiheadAttention(nn.Module):
     logits = jnp.einsum("nqhd,nkhd->nhqk", q * head_dim**-0.5, k).astype(jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(query.shape[:-1] + (d,))
-    return _dense(d, "out_proj", self.dtype)(out)
+    return layers.dense(d, "out_proj", self.dtype)(out)
 
 
 class SiglipMultiheadAttentionPoolingHead(nn.Module):
@@ -208,7 +189,7 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
     probe = jnp.broadcast_to(probe.astype(self.dtype), (hidden.shape[0], 1, c.vision_width))
     x = MultiheadAttention(c.vision_width, c.vision_heads, self.dtype, name="attention")(
         probe, hidden)
-    h = _layer_norm("layernorm", c, self.dtype)(x)
+    h = clip_model.config_layer_norm("layernorm", c, self.dtype)(x)
     x = x + clip_model.CLIPMLP(c, c.vision_width, c.vision_mlp, self.dtype, name="mlp")(h)
     return x[:, 0]
 
@@ -221,11 +202,7 @@ class SiglipVisionEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, pixel_values):
     c = self.config
-    patches = nn.Conv(c.vision_width, (c.patch_size, c.patch_size), strides=c.patch_size,
-                      padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                      name="patch_embedding")(pixel_values)
-    # Row-major over the patch grid, like PyTorch's flatten of [N, width, rows, cols].
-    patches = patches.reshape(patches.shape[0], -1, c.vision_width)
+    patches = clip_model.patch_embeddings(pixel_values, c.vision_width, c.patch_size, self.dtype)
     positions = nn.Embed(c.num_patches, c.vision_width, dtype=self.dtype,
                          param_dtype=jnp.float32, name="position_embedding")(
                              jnp.arange(c.num_patches)[None])
@@ -241,19 +218,12 @@ class SiglipVisionTransformer(nn.Module):
   def __call__(self, pixel_values):
     """pixel_values: [N, S, S, 3] normalised -> (pooled [N, D], hidden [N, P, D])."""
     c = self.config
-    if pixel_values.shape[1:3] != (c.image_size, c.image_size):
-      raise ValueError(f"scorers/siglip.py: images of {pixel_values.shape[1:3]} pixels; the model "
-                       f"takes {c.image_size}x{c.image_size}. Use siglip.preprocess first.")
+    clip_model.check_image_size(pixel_values, c.image_size, "siglip")
     x = SiglipVisionEmbeddings(c, self.dtype, name="embeddings")(pixel_values.astype(self.dtype))
     x = clip_model.CLIPEncoder(c, c.vision_width, c.vision_heads, c.vision_mlp, c.vision_layers,
                                self.dtype, name="encoder")(x, None)
-    x = _layer_norm("post_layernorm", c, self.dtype)(x)
+    x = clip_model.config_layer_norm("post_layernorm", c, self.dtype)(x)
     return SiglipMultiheadAttentionPoolingHead(c, self.dtype, name="head")(x), x
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-30))
 
 
 def pad_text(ids: jax.Array, mask: jax.Array, config: Config) -> tuple[jax.Array, jax.Array]:
@@ -275,8 +245,7 @@ class Model(nn.Module):
   config: Config
 
   def setup(self):
-    c = self.config
-    dtype = jnp.dtype(c.dtype)
+    c, dtype = self.config, jnp.dtype(self.config.dtype)
     self.text_model = SiglipTextTransformer(c, dtype)
     self.vision_model = SiglipVisionTransformer(c, dtype)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init),
@@ -289,12 +258,14 @@ class Model(nn.Module):
     unit norm, text_pooled (the head's output), text_hidden [N, max_text_len, width]."""
     ids, mask = pad_text(text_ids, text_mask, self.config)
     pooled, hidden = self.text_model(ids, mask)
-    return {"text_embeds": _normalize(pooled), "text_pooled": pooled, "text_hidden": hidden}
+    embeds = clip_model.unit_norm(pooled)
+    return {"text_embeds": embeds, "text_pooled": pooled, "text_hidden": hidden}
 
   def encode_image(self, pixel_values):
     """[N, S, S, 3] normalised pixels -> dict: image_embeds [N, D] unit norm, pooled, hidden."""
     pooled, hidden = self.vision_model(pixel_values)
-    return {"image_embeds": _normalize(pooled), "image_pooled": pooled, "image_hidden": hidden}
+    embeds = clip_model.unit_norm(pooled)
+    return {"image_embeds": embeds, "image_pooled": pooled, "image_hidden": hidden}
 
   def logits(self, cos):
     """The pairwise sigmoid loss's logits: cos * exp(logit_scale) + logit_bias, float32."""
@@ -314,12 +285,7 @@ class Model(nn.Module):
       embeddings, pooled and hidden states and "cos").
     """
     del deterministic
-    out = self.encode_text(text_ids, text_mask)
-    if "image_embeds" in image_inputs:
-      out["image_embeds"] = image_inputs["image_embeds"].astype(jnp.float32)
-    else:
-      out.update(self.encode_image(preprocess(image_inputs["pixels"], self.config.image_size)))
-    out["cos"] = jnp.sum(out["text_embeds"] * out["image_embeds"], axis=-1)
+    out = clip_model.cosine_outputs(self, text_ids, text_mask, image_inputs, preprocess)
     return self.logits(out["cos"]), out
 
   def init_all(self, text_ids, text_mask, pixel_values):

@@ -159,10 +159,9 @@ class UniterModel(nn.Module):
     regions = UniterImageEmbeddings(cfg, name="img_embeddings")(
         image_inputs["img_feat"].astype(dtype), image_inputs["img_pos_feat"].astype(dtype),
         type_table[1], image_inputs.get("img_masks"), deterministic)
-    mask = jnp.concatenate([text_mask, image_inputs["img_mask"]], axis=1)
-    hidden = UniterEncoder(cfg, name="encoder")(
-        jnp.concatenate([text, regions], axis=1), layers.attention_bias(mask, dtype),
-        deterministic)
+    x, bias = layers.single_stream_input(text, regions, text_mask, image_inputs["img_mask"],
+                                         dtype)
+    hidden = UniterEncoder(cfg, name="encoder")(x, bias, deterministic)
     pooled = layers.BertPooler(cfg.hidden_size, dtype, name="pooler")(hidden)
     return hidden, pooled
 
@@ -195,28 +194,21 @@ class Model(nn.Module):
 
 
 def image_inputs(params, config: Config, images) -> dict[str, jax.Array]:
-  """Region features and UNITER's 7-d boxes from the data's region dict.
-
-  Args:
-    params: unused (the region embeddings depend on dropout during pretraining, so they are
-      computed inside the model).
-    config: unused; part of the contract.
-    images: "region_feats" [N, R, 2048], "region_boxes" [N, R, 4] (x1/W, y1/H, x2/W, y2/H),
-      "region_mask" [N, R].
+  """Region features and UNITER's 7-d boxes from the data's region dict (`images`, as
+  `common.region_arrays` reads it). `params` and `config` are unused: the region embeddings
+  depend on dropout during pretraining, so the model computes them.
 
   Returns:
     "img_feat" [N, R, 2048] float32, "img_pos_feat" [N, R, 7] float32 (the 4 box coordinates,
     width, height, area; all relative to the image size), "img_mask" [N, R] int32.
   """
   del params, config
-  boxes = jnp.asarray(images["region_boxes"], jnp.float32)
+  feats, boxes, mask = common.region_arrays(images)
   width = boxes[..., 2] - boxes[..., 0]
   height = boxes[..., 3] - boxes[..., 1]
   pos = jnp.concatenate([boxes, width[..., None], height[..., None],
                          (width * height)[..., None]], axis=-1)
-  return {"img_feat": jnp.asarray(images["region_feats"], jnp.float32),
-          "img_pos_feat": pos,
-          "img_mask": jnp.asarray(images["region_mask"], jnp.int32)}
+  return {"img_feat": feats, "img_pos_feat": pos, "img_mask": mask}
 
 
 def _dummy_inputs(config: Config):
@@ -257,9 +249,8 @@ def load(path: str, config: Config | None = None, *, trust_pickle: bool = False)
   config = config or default_config()
   state = checkpoint_files.read_weights_file(path, trust_pickle=trust_pickle)
   state = common.strip_prefix(state, "module.", path)
-  template = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
-  params = common.torch_to_flax(state, template, source=path, ignore=IGNORED_KEYS)
-  return config, params
+  return config, common.params_from_state(state, init_params, config, source=path,
+                                          ignore=IGNORED_KEYS)
 
 
 SCORER = common.itm_scorer(

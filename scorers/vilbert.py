@@ -387,9 +387,7 @@ def image_inputs(params, config: Config, images: Mapping[str, Any]) -> dict[str,
     if key not in images:
       raise KeyError(f"scorers/vilbert.py image_inputs: images has no {key!r} (found "
                      f"{sorted(images)}); ViLBERT needs region features, boxes and a mask.")
-  feats = jnp.asarray(images["region_feats"], jnp.float32)
-  boxes = jnp.asarray(images["region_boxes"], jnp.float32)
-  mask = jnp.asarray(images["region_mask"], jnp.int32)
+  feats, boxes, mask = common.region_arrays(images)
   if feats.shape[-1] != config.v_feature_size or boxes.shape[-1] != 4:
     raise ValueError(f"scorers/vilbert.py image_inputs: expected region_feats [N, R, "
                      f"{config.v_feature_size}] and region_boxes [N, R, 4], found "
@@ -441,8 +439,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Config, *,
                        source: str = "state dict") -> dict[str, Any]:
   """Original ViLBERT state dict (numpy values) -> params; strict (see `load`)."""
   state_dict = common.strip_prefix(state_dict, "module.", source)  # DataParallel checkpoints.
-  template = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.PRNGKey(0))
-  params = common.torch_to_flax(state_dict, template, source=source, ignore=IGNORED_KEYS)
+  params = common.params_from_state(state_dict, init_params, config, source=source,
+                                    ignore=IGNORED_KEYS)
   if "bert.embeddings.task_embeddings.weight" in state_dict:
     _log.warning("%s holds task embeddings (a multi-task checkpoint trained with "
                  "task_specific_tokens); this port inserts no task token, so its ITM scores "

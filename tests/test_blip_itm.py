@@ -8,7 +8,6 @@ uint8 level of the PIL image processor.
 """
 
 import dataclasses
-import json
 import logging
 
 import jax
@@ -19,6 +18,7 @@ import pytest
 import scorers
 from scorers import blip_itm, checkpoint_files, common, tokens
 from scorers import pixels as pixels_lib
+from tests import helpers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -38,12 +38,7 @@ def hf_checkpoint(tmp_path_factory):
   torch.manual_seed(0)
   config = transformers.BlipConfig(text_config=HF_TEXT, vision_config=HF_VISION,
                                    image_text_hidden_size=16)
-  model = transformers.BlipForImageTextRetrieval(config).eval()
-  # Noise on every parameter: LayerNorms and biases start at 1/0, which would hide mistakes.
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+  model = helpers.perturb(transformers.BlipForImageTextRetrieval(config).eval())
   directory = str(tmp_path_factory.mktemp("blip_hf"))
   model.save_pretrained(directory)
   return model, directory, blip_itm.load(directory)
@@ -155,11 +150,7 @@ def test_strict_loading(hf_checkpoint, tmp_path, caplog):
 
 def test_load_errors(hf_checkpoint, tmp_path):
   model, _, _ = hf_checkpoint
-  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
-    blip_itm.load(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
-  with pytest.raises(ValueError, match=r"model_type 'clip'.*expected 'blip'"):
-    blip_itm.load(str(tmp_path))
+  helpers.assert_model_type_errors(blip_itm.load, tmp_path, "clip", "blip")
   model.config.save_pretrained(str(tmp_path))
   with pytest.raises(checkpoint_files.CheckpointFileError, match="no weights in"):
     blip_itm.load(str(tmp_path))
@@ -175,13 +166,9 @@ def test_preprocess_matches_hf_pil(height, width):
   (The default BlipImageProcessor resizes with torchvision, which is not installed here.)
   """
   from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-  pixels = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), np.uint8)
   processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
-  ref = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  ours = np.asarray(blip_itm.preprocess(pixels, 32))
-  assert ours.shape == ref.shape == (2, 32, 32, 3)
-  levels = np.abs(ours - ref) * np.asarray(pixels_lib.CLIP_STD) * 255
-  print(f"{height}x{width}: max {levels.max():.2f} levels, {(levels > 0.01).mean():.4%} differ")
+  levels = helpers.pil_levels(processor, blip_itm.preprocess, height, width, 32,
+                              pixels_lib.CLIP_STD)
   assert levels.max() < 1.01 and (levels > 0.01).mean() < 0.01
 
 

@@ -7,8 +7,6 @@ shortened and the full 77-token context; preprocessing within 2 uint8 levels of 
 """
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +15,7 @@ import pytest
 
 from scorers import checkpoint_files, clip, common, tokens
 import scorers
+from tests import helpers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -42,48 +41,21 @@ def _hf_config(eos_token_id, hidden_act):
   return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
 
 
-_CHECKPOINTS = {}
-
-
-def _checkpoint(name, tmp_path_factory):
-  """(variant dict, torch model, directory, our config, our params), built once per variant."""
-  if name not in _CHECKPOINTS:
-    _CHECKPOINTS[name] = _make_checkpoint(name, tmp_path_factory)
-  return _CHECKPOINTS[name]
-
-
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def hf_checkpoint(request, tmp_path_factory):
-  return _checkpoint(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def hf_default(tmp_path_factory):
-  """The safetensors variant only, for tests whose code path does not depend on the variant."""
-  return _checkpoint("safetensors", tmp_path_factory)
-
-
 def _make_checkpoint(name, tmp_path_factory):
+  """(variant dict, torch model, directory, our config, our params)."""
   variant = VARIANTS[name]
   torch.manual_seed(0)
   model = transformers.CLIPModel(_hf_config(variant["eos_token_id"], variant["hidden_act"]))
-  model.eval()
-  # Noise on every parameter: LayerNorms and biases start at 1/0, which would hide mistakes.
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+  model = helpers.perturb(model.eval())
   directory = str(tmp_path_factory.mktemp(name))
-  if name == "safetensors":
-    model.save_pretrained(directory)
-  else:
-    model.config.save_pretrained(directory)
-    state = dict(model.state_dict())
-    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
-    torch.save(state, os.path.join(directory, "pytorch_model.bin"))
+  helpers.save_hf(model, directory, legacy_bin=name == "legacy_bin",
+                  position_ids={"text_model.embeddings.position_ids": 77,
+                                "vision_model.embeddings.position_ids": 17})
   config, params = clip.load(directory)
   return variant, model, directory, config, params
+
+
+hf_checkpoint, hf_default = helpers.checkpoint_fixtures(_make_checkpoint, VARIANTS)
 
 
 def _texts(rng, n, length, pad_id):
@@ -180,22 +152,16 @@ def test_score_scales(hf_default):
 
 def test_load_errors(hf_checkpoint, tmp_path):
   variant, model, directory, config, _ = hf_checkpoint
-  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
-    clip.load(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
-  with pytest.raises(ValueError, match=r"model_type 'bert'.*expected 'clip'") as error:
-    clip.load(str(tmp_path))
+  error = helpers.assert_model_type_errors(clip.load, tmp_path, "bert", "clip")
   assert str(tmp_path) in str(error.value)
   model.config.save_pretrained(str(tmp_path))  # A CLIP config.json but no weights.
   with pytest.raises(checkpoint_files.CheckpointFileError, match=r"no weights in .*model.safetensors"):
     clip.load(str(tmp_path))
   # Sizes that disagree with the weights: every mis-shaped key is listed with both shapes.
-  wrong = dataclasses.replace(config, text_width=64, text_heads=4)
-  with pytest.raises(common.CheckpointMismatch) as error:
-    clip.load(directory, wrong)
-  message = str(error.value)
+  message = helpers.wrong_width_message(
+      clip.load, directory, config,
+      "text_model.embeddings.token_embedding.weight: (600, 32), expects (600, 64)")
   assert directory in message and "wrong shapes" in message
-  assert "text_model.embeddings.token_embedding.weight: (600, 32), expects (600, 64)" in message
   # A key the model does not have (a head we do not use) is reported, not silently dropped.
   state = dict(model.state_dict())
   state["itm_head.weight"] = torch.zeros(2, 24)
@@ -209,13 +175,9 @@ def test_load_errors(hf_checkpoint, tmp_path):
 def test_preprocess_matches_hf_pil(height, width, size):
   """Against Hugging Face's PIL CLIPImageProcessor: within 2 uint8 levels, on < 1% of values."""
   from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-  pixels = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), np.uint8)
   processor = CLIPImageProcessorPil(size={"shortest_edge": size},
                                     crop_size={"height": size, "width": size})
-  ref = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  ours = np.asarray(clip.preprocess(pixels, size))
-  assert ours.shape == ref.shape == (2, size, size, 3)
-  levels = np.abs(ours - ref) * np.asarray(clip.CLIP_STD) * 255
+  levels = helpers.pil_levels(processor, clip.preprocess, height, width, size, clip.CLIP_STD)
   assert levels.max() < 2.01 and (levels > 0.01).mean() < 0.01
 
 

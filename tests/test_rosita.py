@@ -44,18 +44,8 @@ def golden_inputs(io):
 
 
 def torch_key(path):
-  """Flax param path -> the original `module.key` (written independently of `load`)."""
-  parts = []
-  for piece in path[:-1]:
-    name, _, index = piece.rpartition("_")
-    parts.append(f"{name}.{index}" if name == "layers" else piece)
-  leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
-  return ".".join(parts + [leaf])
-
-
-def flat_params(params):
-  return {tuple(k.key for k in path): v
-          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  """Flax param path -> the original `module.key`."""
+  return helpers.torch_key(path, "layers")
 
 
 def test_contract_fields():
@@ -81,14 +71,10 @@ def test_load_is_exact(golden):
   import torch
   _, _, params = golden
   checkpoint = torch.load(CKPT, weights_only=True)
-  state = {f"{module}.{key}": value for module, sub in checkpoint.items()
+  state = {f"{module}.{key}": value.numpy() for module, sub in checkpoint.items()
            for key, value in sub.items()}
-  flat = flat_params(params)
-  assert {torch_key(p) for p in flat} == set(state)
-  for path, value in flat.items():
-    expected = state[torch_key(path)].numpy()
-    np.testing.assert_array_equal(value, expected.T if path[-1] == "kernel" else expected,
-                                  err_msg=torch_key(path))
+  assert {torch_key(p) for p in helpers.flat_params(params)} == set(state)
+  helpers.assert_params_equal(params, state, torch_key)
 
 
 def test_golden_parity(golden):
@@ -125,17 +111,11 @@ def test_image_inputs_rebuild_golden_boxes_and_scores(golden):
 def test_bfloat16_close_to_float32(golden):
   io, config, params = golden
   text_ids, text_mask, images = golden_inputs(io)
-  bf16 = dataclasses.replace(config, dtype="bfloat16")
-  f32_scores = SCORE(params, config, text_ids, text_mask, images)
-  bf16_scores = SCORE(params, bf16, text_ids, text_mask, images)
-  assert bf16_scores.dtype == jnp.float32
+  gap, out = helpers.bfloat16_gap(rosita, SCORE, config, params, text_ids, text_mask, images)
   # Measured on this tiny model: max |bf16 - fp32| = 0.033 points on the 0-100 scale on CPU,
   # 0.081 on one H200 (fp32 at "highest" matmul precision)
   # (golden scores 40.4-41.6). The bound leaves room for other backends.
-  gap = float(np.abs(bf16_scores - f32_scores).max())
   assert gap < 0.5, gap
-  _, out = jax.eval_shape(rosita.Model(bf16).apply, {"params": params}, text_ids, text_mask,
-                          images)
   assert out["pooled_output"].dtype == jnp.bfloat16
 
 
@@ -167,11 +147,7 @@ def test_base_checkpoint_key_lists_load_strictly(layout, tmp_path, caplog):
               if module in ("text_embeddings", "visual_embeddings", "backbone", "pooler",
                             "mm_itm_head")
               for key, shape, _ in entries}
-  flat = flat_params(params)
-  assert {torch_key(p) for p in flat} == set(expected)
-  for p, value in flat.items():
-    shape = expected[torch_key(p)]
-    assert value.shape == (shape[::-1] if p[-1] == "kernel" else shape), p
+  helpers.assert_param_shapes(params, expected, torch_key)
   if layout == "pretrain_net":
     for skipped in ("text_mlm_head", "imgfeat_head", "epoch", "net_optim", "amp"):
       assert skipped in caplog.text
@@ -247,7 +223,7 @@ def test_pretrain_loss_has_dropout_and_gradients(golden):
   (loss_a, _), grads = grad_fn(params, config, batch, jax.random.key(1, impl="rbg"))
   (loss_b, _), _ = grad_fn(params, config, batch, jax.random.key(2, impl="rbg"))
   assert float(loss_a) != float(loss_b)  # Dropout is on.
-  peaks = {p: float(jnp.abs(g).max()) for p, g in flat_params(grads).items()}
+  peaks = {p: float(jnp.abs(g).max()) for p, g in helpers.flat_params(grads).items()}
   assert all(np.isfinite(v) and v > 0 for v in peaks.values()), peaks
 
 

@@ -8,7 +8,6 @@ level of the PIL image processor.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -19,6 +18,7 @@ import pytest
 
 import scorers
 from scorers import checkpoint_files, common, siglip, tokens
+from tests import helpers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,48 +49,23 @@ def _hf_config(hidden_act):
   return transformers.SiglipConfig(text_config=text, vision_config=vision)
 
 
-_CHECKPOINTS = {}
-
-
-def _checkpoint(name, tmp_path_factory):
-  """(variant, torch model, directory, our config, our params), built once per variant."""
-  if name not in _CHECKPOINTS:
-    _CHECKPOINTS[name] = _make_checkpoint(name, tmp_path_factory)
-  return _CHECKPOINTS[name]
-
-
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def hf_checkpoint(request, tmp_path_factory):
-  return _checkpoint(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def hf_default(tmp_path_factory):
-  return _checkpoint("safetensors", tmp_path_factory)
-
-
 def _make_checkpoint(name, tmp_path_factory):
+  """(variant, torch model, directory, our config, our params)."""
   variant = VARIANTS[name]
   torch.manual_seed(0)
-  model = transformers.SiglipModel(_hf_config(variant["hidden_act"])).eval()
-  # Noise on every parameter: LayerNorms, biases and the logit scale/bias start at 1/0.
-  generator = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+  # Noise on every parameter, the logit scale and bias included.
+  model = helpers.perturb(transformers.SiglipModel(_hf_config(variant["hidden_act"])).eval())
   directory = str(tmp_path_factory.mktemp(name))
-  if name == "safetensors":
-    model.save_pretrained(directory)
-  else:
-    model.config.save_pretrained(directory)
-    state = dict(model.state_dict())
-    state["text_model.embeddings.position_ids"] = torch.arange(CONTEXT)[None]
-    state["vision_model.embeddings.position_ids"] = torch.arange(16)[None]
-    torch.save(state, os.path.join(directory, "pytorch_model.bin"))
+  helpers.save_hf(model, directory, legacy_bin=name == "legacy_bin",
+                  position_ids={"text_model.embeddings.position_ids": CONTEXT,
+                                "vision_model.embeddings.position_ids": 16})
   shutil.copy(tokens.SIGLIP_TEST_SPM, os.path.join(directory, "spiece.model"))
   config, params = siglip.load(directory)
   config = dataclasses.replace(config, text_mask=variant["text_mask"])
   return variant, model, directory, config, params
+
+
+hf_checkpoint, hf_default = helpers.checkpoint_fixtures(_make_checkpoint, VARIANTS)
 
 
 def _texts(rng, n, length):
@@ -194,22 +169,16 @@ def test_score_scales(hf_default):
 
 def test_load_errors(hf_default, tmp_path):
   _, model, directory, config, _ = hf_default
-  with pytest.raises(checkpoint_files.CheckpointFileError, match="config.json"):
-    siglip.load(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
-  with pytest.raises(ValueError, match=r"model_type 'siglip2'.*expected 'siglip'"):
-    siglip.load(str(tmp_path))
+  helpers.assert_model_type_errors(siglip.load, tmp_path, "siglip2", "siglip")
   model.config.save_pretrained(str(tmp_path))  # A SigLIP config.json, no spiece.model.
   with pytest.raises(checkpoint_files.CheckpointFileError, match="no spiece.model"):
     siglip.load(str(tmp_path))
   shutil.copy(tokens.SIGLIP_TEST_SPM, tmp_path / "spiece.model")
   with pytest.raises(checkpoint_files.CheckpointFileError, match=r"no weights in"):
     siglip.load(str(tmp_path))
-  wrong = dataclasses.replace(config, text_width=64, text_heads=4)
-  with pytest.raises(common.CheckpointMismatch) as error:
-    siglip.load(directory, wrong)
-  message = str(error.value)
-  assert "text_model.embeddings.token_embedding.weight: (1000, 32), expects (1000, 64)" in message
+  helpers.wrong_width_message(
+      siglip.load, directory, config,
+      "text_model.embeddings.token_embedding.weight: (1000, 32), expects (1000, 64)")
   # A SentencePiece model whose pieces may cross spaces cannot be re-tokenized per word.
   from sentencepiece import sentencepiece_model_pb2
   proto = sentencepiece_model_pb2.ModelProto()
@@ -236,13 +205,8 @@ def test_preprocess_matches_hf_pil(height, width):
   (The default SiglipImageProcessor resizes with torchvision, which is not installed here.)
   """
   from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-  pixels = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), np.uint8)
   processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
-  ref = processor(images=list(pixels), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
-  ours = np.asarray(siglip.preprocess(pixels, 32))
-  assert ours.shape == ref.shape == (2, 32, 32, 3)
-  levels = np.abs(ours - ref) * 0.5 * 255
-  print(f"{height}x{width}: max {levels.max():.2f} levels, {(levels > 0.01).mean():.4%} differ")
+  levels = helpers.pil_levels(processor, siglip.preprocess, height, width, 32, 0.5)
   assert levels.max() < 1.01 and (levels > 0.01).mean() < 0.01
 
 

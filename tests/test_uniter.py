@@ -47,13 +47,8 @@ def golden_inputs(io):
 
 
 def torch_key(path):
-  """Flax param path -> the original checkpoint key (written independently of `load`)."""
-  parts = []
-  for piece in path[:-1]:
-    name, _, index = piece.rpartition("_")
-    parts.append(f"{name}.{index}" if name == "layer" else piece)
-  leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[path[-1]]
-  return ".".join(parts + [leaf])
+  """Flax param path -> the original checkpoint key."""
+  return helpers.torch_key(path, "layer")
 
 
 def test_contract_fields():
@@ -78,16 +73,8 @@ def test_contract_fields():
 def test_load_is_exact_and_ignores_heads_loudly(golden, caplog):
   import torch
   _, _, params = golden
-  state = torch.load(CKPT, weights_only=True)
-  used = set()
-  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
-    path = tuple(k.key for k in path)
-    key = torch_key(path)
-    expected = state[key].numpy()
-    if path[-1] == "kernel":
-      expected = expected.T
-    np.testing.assert_array_equal(value, expected, err_msg=key)
-    used.add(key)
+  state = {key: value.numpy() for key, value in torch.load(CKPT, weights_only=True).items()}
+  used = helpers.assert_params_equal(params, state, torch_key)
   left = set(state) - used
   assert left and all(k.split(".")[0] in ("cls", "feat_regress", "region_classifier")
                       for k in left), left
@@ -162,17 +149,11 @@ def test_mask_embedding_only_acts_on_masked_regions(golden):
 def test_bfloat16_close_to_float32(golden):
   io, config, params = golden
   text_ids, text_mask, images = golden_inputs(io)
-  bf16 = dataclasses.replace(config, dtype="bfloat16")
-  f32_scores = SCORE(params, config, text_ids, text_mask, images)
-  bf16_scores = SCORE(params, bf16, text_ids, text_mask, images)
-  assert bf16_scores.dtype == jnp.float32
+  gap, out = helpers.bfloat16_gap(uniter, SCORE, config, params, text_ids, text_mask, images)
   # Measured on this tiny model: max |bf16 - fp32| = 0.087 points on the 0-100 scale on CPU,
   # 0.061 on one H200 (fp32 at "highest" matmul precision)
   # (golden scores 53.0-54.1). The bound leaves room for other backends.
-  gap = float(np.abs(bf16_scores - f32_scores).max())
   assert gap < 0.5, gap
-  _, out = jax.eval_shape(uniter.Model(bf16).apply, {"params": params}, text_ids, text_mask,
-                          images)
   assert out["pooled_output"].dtype == jnp.bfloat16
 
 
@@ -189,14 +170,9 @@ def test_base_checkpoint_key_list_loads_strictly(tmp_path, caplog):
     config, params = uniter.load(path)
   assert config == uniter.default_config()
   assert "feat_regress.weight" in caplog.text
-  flat = {tuple(k.key for k in path): v
-          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   expected = {key: tuple(shape) for key, shape, _ in keys
               if key.split(".")[0] in ("uniter", "itm_output")}
-  assert {torch_key(p) for p in flat} == set(expected)
-  for p, value in flat.items():
-    shape = expected[torch_key(p)]
-    assert value.shape == (shape[::-1] if p[-1] == "kernel" else shape), p
+  helpers.assert_param_shapes(params, expected, torch_key)
 
 
 def test_mismatches_are_listed(tmp_path):
