@@ -19,8 +19,9 @@ checkpoints in every released format (LXMERT HF directory and airsplay `.pth`, C
 directory, UNITER-base `.pt`, ROSITA-base `.pkl`, ViLBERT-base `.bin`), and a `data=coco` XE +
 SCST run with the LXMERT reward (512-unit LSTM, LXMERT base) killed and resumed; then
 `rehearsal.json` (every number) and `rehearsal.md` (the table docs/coco.md carries).
-Time on a 2-core CPU: the tenth about an hour (the world and stores ~10 min, the checkpoints
-~15 min, the run ~30 min); the record (scale=1.0, regions=0.1) about 1.5 hours and 25 GB of disk.
+Time on a 2-core CPU (measured 2026-11-30): the tenth 20 minutes and 15 GB (world 1.8 min,
+stores 4.3 min, checkpoints 7.8 min, pipeline 0.5 min, the run 5.8 min); the record
+(scale=1.0, regions=0.1) about 1.5 hours and 25 GB of disk (estimated, not run here).
 `runlocal` takes about 20 s (world, stores and pipeline at 300 images; no checkpoints, no run).
 """
 
