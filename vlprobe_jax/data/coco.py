@@ -265,18 +265,23 @@ def load_coco(config) -> Dataset:
   policy = features.ErrorPolicy(_field(config, "on_error"), "images")
   max_images = int(_field(config, "max_images") or 0)
   image_size = int(_field(config, "image_size"))
-  if _field(config, "pixel_store"):
-    pixels = feature_store.FeatureStore(_field(config, "pixel_store"), "pixels")
+  if not _field(config, "fc_store"):
+    raise ValueError("config.data.fc_store is empty; build the captioner's fc features once with "
+                     + feature_store.BUILD_COMMAND.format(kind="fc", out="stores/fc")
+                     + " and set config.data.fc_store=stores/fc.")
+  # Opened first: a pixel store replaces decoding, so the readers below must not decode.
+  store_fields = {"fc": "fc_store", "regions": "region_store", "clip": "clip_store",
+                  "pixels": "pixel_store"}
+  stores = {kind: feature_store.FeatureStore(_field(config, field), kind)
+            for kind, field in store_fields.items() if _field(config, field)}
+  if "pixels" in stores:
+    pixels = stores["pixels"]
     side = pixels.fields["pixels"][0][0]
     if image_size and image_size != side:
       raise ValueError(f"config.data.image_size={image_size} but the pixel store {pixels.path} "
                        f"holds {side} x {side} images; expected equal sizes (or image_size=0 "
                        "with a pixel store).")
     image_size = 0  # the store's pixels replace decoding images
-  if not _field(config, "fc_store"):
-    raise ValueError("config.data.fc_store is empty; build the captioner's fc features once with "
-                     + feature_store.BUILD_COMMAND.format(kind="fc", out="stores/fc")
-                     + " and set config.data.fc_store=stores/fc.")
   if source == "karpathy_json":
     if not _field(config, "karpathy_json"):
       raise ValueError("config.data.karpathy_json is empty; set it to the path of "
@@ -312,10 +317,6 @@ def load_coco(config) -> Dataset:
     vocab = build_coco_vocab(kept, int(_field(config, "count_threshold")),
                              _field(config, "vocab_from"))
 
-  store_fields = {"fc": "fc_store", "regions": "region_store", "clip": "clip_store",
-                  "pixels": "pixel_store"}
-  stores = {kind: feature_store.FeatureStore(_field(config, field), kind)
-            for kind, field in store_fields.items() if _field(config, field)}
   if "clip" in stores and "image_embeds" not in {f.name for f in dataclasses.fields(Split)}:
     raise ValueError("config.data.clip_store is set, but dataset.Split has no image_embeds field "
                      "to carry the embeddings yet; leave clip_store empty and give CLIP pixels "
