@@ -92,8 +92,8 @@ def _launch(record, workdir, devices_per_process, extra=(), process_id=None, por
   if process_id is not None:
     args += ["--multihost", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
              f"--process_id={process_id}", "--cpu_collectives=gloo"]
-  log = open(f"{record}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
-  return subprocess.Popen(args, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  with open(f"{record}.log", "w", encoding="utf-8") as log:  # the child keeps its own copy
+    return subprocess.Popen(args, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait(procs, timeout=400):

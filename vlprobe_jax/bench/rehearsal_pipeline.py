@@ -3,7 +3,7 @@ batches, as the SCST step on COCO reads them, against what the accelerator step 
 
 What one SCST batch needs on COCO (`scst.SCSTTask.gather`): the fc features of its images (held
 in RAM, `Split.fc_feats`) and their regions read from the memory-mapped region store
-(`Split.scorer_images`: features cast to float32 on the host, boxes, masks), made on the
+(`Split.scorer_images(rows, feats_dtype=None)`: features in the store's dtype, boxes, masks), made on the
 `BatchIterator`'s thread and put on the devices, `prefetch` batches ahead. Variants measured:
 
   project      the project's path, as the SCST stage runs it (one thread; the regions in the
