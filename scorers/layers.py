@@ -1,5 +1,5 @@
 """BERT-style transformer blocks shared by the LXMERT, UNITER and ViLBERT ports (and the
-attention math ROSITA, ViLBERT's co-attention and CLIP reuse).
+embeddings and attention math that ROSITA, ViLBERT's co-attention and CLIP reuse).
 
 Submodule names follow the Hugging Face / original BERT PyTorch keys
 (`attention.self.query`, `attention.output.LayerNorm`, `intermediate.dense`, `output.dense`, ...),
@@ -308,6 +308,17 @@ class BertIntermediate(nn.Module):
     return gelu(dense(self.intermediate_size, "dense", self.dtype)(x))
 
 
+def feed_forward(x: jax.Array, intermediate_size: int, dropout_rate: float, dtype: Dtype,
+                 deterministic: bool, intermediate: str = "intermediate",
+                 output: str = "output") -> jax.Array:
+  """BERT's feed-forward half: `intermediate` (dense, GELU), then the `output` residual block
+  back to x's width. Call inside a compact module: it binds both submodules there, under the
+  names given (ViLBERT's co-attention layers name them per stream)."""
+  inner = BertIntermediate(intermediate_size, dtype, name=intermediate)(x)
+  return BertResidualOutput(x.shape[-1], dropout_rate, dtype, name=output)(inner, x,
+                                                                          deterministic)
+
+
 class BertLayer(nn.Module):
   """One post-LN encoder layer: `attention` (self) then the feed-forward halves.
 
@@ -324,9 +335,8 @@ class BertLayer(nn.Module):
   def __call__(self, hidden, bias, deterministic: bool = True):
     hidden = BertAttention(self.hidden_size, self.num_heads, self.dropout_rate, self.dtype,
                            name="attention")(hidden, bias, deterministic=deterministic)
-    inner = BertIntermediate(self.intermediate_size, self.dtype, name="intermediate")(hidden)
-    return BertResidualOutput(self.hidden_size, self.dropout_rate, self.dtype, name="output")(
-        inner, hidden, deterministic)
+    return feed_forward(hidden, self.intermediate_size, self.dropout_rate, self.dtype,
+                        deterministic)
 
 
 class BertPooler(nn.Module):
@@ -340,13 +350,15 @@ class BertPooler(nn.Module):
 
 
 class BertTextEmbeddings(nn.Module):
-  """word + position (0..T-1) + token type -> `LayerNorm` -> dropout (`bert.embeddings.*`)."""
+  """word + position (0..T-1) + token type -> `LayerNorm` -> dropout (`bert.embeddings.*`;
+  ROSITA names the norm `layer_norm`)."""
   vocab_size: int
   hidden_size: int
   max_position: int = 512
   type_vocab_size: int = 2
   dropout_rate: float = 0.1
   dtype: Dtype = jnp.float32
+  norm_name: str = "LayerNorm"
 
   @nn.compact
   def __call__(self, ids, token_type_ids=None, deterministic: bool = True):
@@ -358,5 +370,31 @@ class BertTextEmbeddings(nn.Module):
     x = (embed(self.vocab_size, "word_embeddings")(ids)
          + embed(self.max_position, "position_embeddings")(positions)
          + embed(self.type_vocab_size, "token_type_embeddings")(token_type_ids))
-    x = layer_norm("LayerNorm", self.dtype)(x)
-    return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    return _norm_and_dropout(x, self.norm_name, self.dropout_rate, self.dtype, deterministic)
+
+
+class RegionEmbeddings(nn.Module):
+  """dense(features) + dense(boxes) -> LayerNorm -> dropout: the visual embeddings of ROSITA and
+  ViLBERT (one LayerNorm over the sum, no type or position embedding).
+
+  Attributes:
+    names: the checkpoint's names of the feature Dense, the box Dense and the LayerNorm.
+  """
+  hidden_size: int
+  names: tuple[str, str, str]
+  dropout_rate: float = 0.1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, boxes, deterministic: bool = True):
+    """features: [N, R, F]; boxes: [N, R, B] -> [N, R, hidden_size]."""
+    feature_name, box_name, norm_name = self.names
+    x = (dense(self.hidden_size, feature_name, self.dtype)(features)
+         + dense(self.hidden_size, box_name, self.dtype)(boxes))
+    return _norm_and_dropout(x, norm_name, self.dropout_rate, self.dtype, deterministic)
+
+
+def _norm_and_dropout(x, norm_name: str, dropout_rate: float, dtype: Dtype, deterministic: bool):
+  """The tail of every embedding block: LayerNorm named `norm_name`, then dropout."""
+  x = layer_norm(norm_name, dtype)(x)
+  return nn.Dropout(dropout_rate)(x, deterministic=deterministic)

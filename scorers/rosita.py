@@ -87,35 +87,6 @@ def tiny_config() -> Config:
   return Config(vocab_size=100, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64)
 
 
-class TextEmbeddings(nn.Module):
-  """word + position (0..T-1) + token type 0 -> `layer_norm` -> dropout."""
-  config: Config
-
-  @nn.compact
-  def __call__(self, ids, deterministic: bool = True):
-    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
-                                     name=name)
-    x = (embed(cfg.vocab_size, "word_embeddings")(ids)
-         + embed(cfg.max_position, "position_embeddings")(jnp.arange(ids.shape[1])[None])
-         + embed(cfg.type_vocab_size, "token_type_embeddings")(jnp.zeros_like(ids)))
-    x = layers.layer_norm("layer_norm", dtype)(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-class VisualEmbeddings(nn.Module):
-  """dense_imgfeat(feature) + dense_bboxfeat(box) -> `layer_norm` -> dropout."""
-  config: Config
-
-  @nn.compact
-  def __call__(self, imgfeat, bbox, deterministic: bool = True):
-    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-    x = (layers.dense(cfg.hidden_size, "dense_imgfeat", dtype)(imgfeat)
-         + layers.dense(cfg.hidden_size, "dense_bboxfeat", dtype)(bbox))
-    x = layers.layer_norm("layer_norm", dtype)(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
 class MHAtt(nn.Module):
   """Self-attention with `dense_{q,k,v}` projections and a `dense_merge` output projection."""
   config: Config
@@ -191,8 +162,14 @@ class Model(nn.Module):
     dropout on (needs a "dropout" rng).
     """
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-    text = TextEmbeddings(cfg, name="text_embeddings")(text_ids, deterministic)
-    regions = VisualEmbeddings(cfg, name="visual_embeddings")(
+    # Text: word + position + token type 0 -> `layer_norm`; regions: dense_imgfeat(feature) +
+    # dense_bboxfeat(box) -> `layer_norm`, with no type or position embedding.
+    text = layers.BertTextEmbeddings(cfg.vocab_size, cfg.hidden_size, cfg.max_position,
+                                     cfg.type_vocab_size, cfg.dropout_rate, dtype, "layer_norm",
+                                     name="text_embeddings")(text_ids, None, deterministic)
+    regions = layers.RegionEmbeddings(cfg.hidden_size,
+                                      ("dense_imgfeat", "dense_bboxfeat", "layer_norm"),
+                                      cfg.dropout_rate, dtype, name="visual_embeddings")(
         image_inputs["imgfeat"].astype(dtype), image_inputs["bbox"].astype(dtype), deterministic)
     x, bias = layers.single_stream_input(text, regions, text_mask, image_inputs["img_mask"],
                                          dtype)

@@ -167,19 +167,6 @@ def layer_schedule(config: Config) -> tuple[str, ...]:
 # Modules (named after the original PyTorch modules, so checkpoints map with no renaming).
 
 
-class BertImageEmbeddings(nn.Module):
-  """`image_embeddings`(feat) + `image_location_embeddings`(5-d box) -> `LayerNorm` -> dropout."""
-  config: Config
-
-  @nn.compact
-  def __call__(self, feat, loc, deterministic: bool = True):
-    c, dtype = self.config, jnp.dtype(self.config.dtype)
-    x = (layers.dense(c.v_hidden_size, "image_embeddings", dtype)(feat)
-         + layers.dense(c.v_hidden_size, "image_location_embeddings", dtype)(loc))
-    x = layers.layer_norm("LayerNorm", dtype)(x)
-    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-
-
 def _multi_head(query, key, value, bias, num_heads, dropout):
   """Scaled dot-product attention of projected [N, Tq, D] queries over [N, Tk, D] keys/values.
 
@@ -252,13 +239,11 @@ class BertConnectionLayer(nn.Module):
         image, image_bias, text, text_bias, deterministic)
     image, text = BertBiOutput(c, name="biOutput")(
         image_context, image, text_context, text, deterministic)
-    image = layers.BertResidualOutput(c.v_hidden_size, c.dropout_rate, dtype, name="v_output")(
-        layers.BertIntermediate(c.v_intermediate_size, dtype, name="v_intermediate")(image),
-        image, deterministic)
-    text = layers.BertResidualOutput(c.hidden_size, c.dropout_rate, dtype, name="t_output")(
-        layers.BertIntermediate(c.intermediate_size, dtype, name="t_intermediate")(text),
-        text, deterministic)
-    return image, text
+    # Each stream's own feed-forward: `v_intermediate`/`v_output`, `t_intermediate`/`t_output`.
+    return tuple(layers.feed_forward(x, size, c.dropout_rate, dtype, deterministic,
+                                     f"{stream}_intermediate", f"{stream}_output")
+                 for stream, x, size in (("v", image, c.v_intermediate_size),
+                                         ("t", text, c.intermediate_size)))
 
 
 class BertEncoder(nn.Module):
@@ -304,7 +289,10 @@ class BertModel(nn.Module):
     text = layers.BertTextEmbeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
                                      c.type_vocab_size, c.dropout_rate, dtype,
                                      name="embeddings")(text_ids, None, deterministic)
-    image = BertImageEmbeddings(c, name="v_embeddings")(image_feat, image_loc, deterministic)
+    # `image_embeddings`(feat) + `image_location_embeddings`(5-d box) -> `LayerNorm` -> dropout.
+    image = layers.RegionEmbeddings(
+        c.v_hidden_size, ("image_embeddings", "image_location_embeddings", "LayerNorm"),
+        c.dropout_rate, dtype, name="v_embeddings")(image_feat, image_loc, deterministic)
     text, image = BertEncoder(c, name="encoder")(
         text, layers.attention_bias(text_mask), image, layers.attention_bias(image_mask),
         deterministic)

@@ -210,6 +210,16 @@ def bfloat16_gap(module, score, config, params, text_ids, text_mask, images):
   return gap, out
 
 
+def assert_itm_cross_entropy(loss, metrics, scores, match) -> None:
+  """A pretraining loss and accuracy are the binary cross-entropy and accuracy of the match
+  probabilities that `scores` (the scorer's 0-100 scale, [N]) give for `match` ([N] 1/0)."""
+  p_match = np.asarray(scores, np.float64) / 100
+  match = np.asarray(match) == 1
+  expected = -np.mean(np.where(match, np.log(p_match), np.log1p(-p_match)))
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  np.testing.assert_allclose(metrics["accuracy"], np.mean((p_match > 0.5) == match))
+
+
 def assert_model_type_errors(load, directory, other_type: str, model_type: str):
   """`load` of an empty `directory` (a pathlib.Path), then of one whose config.json is another
   model's, raises errors that say so; returns the second error's ExceptionInfo."""

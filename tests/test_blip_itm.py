@@ -179,12 +179,9 @@ def test_pretrain_loss_is_itm_cross_entropy(hf_checkpoint):
            "match": np.array([1, 0, 1, 0], np.int32)}
   loss, metrics = jax.jit(blip_itm.pretrain_loss, static_argnums=1)(params, config, batch,
                                                                     jax.random.key(0))
-  p_match = np.asarray(_score(params, config, ids, mask, blip_itm.image_inputs(
-      params, config, {"pixels": pixels})), np.float64) / 100
-  match = batch["match"] == 1
-  expected = -np.mean(np.where(match, np.log(p_match), np.log1p(-p_match)))
-  np.testing.assert_allclose(loss, expected, rtol=1e-4)
-  np.testing.assert_allclose(metrics["accuracy"], np.mean((p_match > 0.5) == match))
+  scores = _score(params, config, ids, mask, blip_itm.image_inputs(params, config,
+                                                                    {"pixels": pixels}))
+  helpers.assert_itm_cross_entropy(loss, metrics, scores, batch["match"])
 
 
 def test_bfloat16_scores_stay_close(hf_checkpoint):

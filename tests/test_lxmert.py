@@ -18,6 +18,7 @@ from scorers import common
 from scorers import lxmert
 from scorers import tokens
 from scorers import registry
+from tests import helpers
 
 # A tiny HF model with every structural feature of the base one (all three stacks, two cross
 # layers so their order and the shared cross-attention are exercised, 2048-d regions). Few
@@ -270,12 +271,8 @@ def test_pretrain_loss_is_itm_cross_entropy_without_dropout(hf_checkpoint):
   no_dropout = dataclasses.replace(config, dropout_rate=0.0)
   loss, metrics = jax.jit(lxmert.pretrain_loss, static_argnums=1)(
       params, no_dropout, batch, jax.random.key(0))
-  p_match = np.asarray(_score_raw(params, config, batch["text_ids"], batch["text_mask"],
-                                  batch["images"])) / 100
-  match = batch["match"] == 1
-  expected = -np.mean(np.where(match, np.log(p_match), np.log1p(-p_match)))
-  np.testing.assert_allclose(loss, expected, rtol=1e-4)
-  np.testing.assert_allclose(metrics["accuracy"], np.mean((p_match > 0.5) == match))
+  scores = _score_raw(params, config, batch["text_ids"], batch["text_mask"], batch["images"])
+  helpers.assert_itm_cross_entropy(loss, metrics, scores, batch["match"])
 
 
 def test_pretrain_loss_has_dropout_and_gradients(hf_checkpoint):
