@@ -13,6 +13,14 @@ from vlprobe_jax.data.vocab import Vocab
 WORDS = ("", "a", "red", "blue", "circle", "square", "above", "below", "UNK")
 
 
+def forced_devices_env(count: int) -> dict[str, str]:
+  """This environment for a subprocess that sees `count` CPU devices, keeping the XLA flags
+  the tests run with (tests/conftest.py)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={count}".strip())
+
+
 def tiny_dataset(num_images: int = 16, fc_dim: int = 8, seed: int = 0) -> Dataset:
   """A dataset whose captions depend on the features: 'a <colour> <shape>'."""
   rng = np.random.default_rng(seed)

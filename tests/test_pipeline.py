@@ -14,6 +14,7 @@ import pytest
 
 from vlprobe_jax.data import feature_store
 from vlprobe_jax.data.pipeline import BatchIterator, EpochRows
+from tests import helpers
 
 
 def _iterate(arrays, batch_size, *, seed, num_epochs=None, start_step=0, devices=None,
@@ -120,8 +121,7 @@ def test_four_forced_cpu_devices_feed_pmap():
       assert float(sum(s.sum() for s in sums)) == float(np.arange(32).sum())
       print("ok")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = helpers.forced_devices_env(4)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                           text=True, timeout=120)

@@ -141,8 +141,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_equal_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = helpers.forced_devices_env(8)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)

@@ -111,8 +111,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_equal_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = helpers.forced_devices_env(8)
   result = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env,
                           capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
