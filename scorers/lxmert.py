@@ -11,7 +11,7 @@ enter through `encoder.visn_fc`: LN(Linear(feature)) and LN(Linear(box)) average
 
 Module names follow Hugging Face `LxmertForPreTraining` (`lxmert.*`, `cls.*`); the original
 airsplay/lxmert snapshots (`Epoch20_LXRT.pth`) hold the same tree under `bert.*`, sometimes
-behind a DataParallel `module.` prefix. Facts: shared/REFERENCE.md section 3.2.
+behind a DataParallel `module.` prefix (airsplay/lxmert `src/lxrt/modeling.py`).
 
 The visual encoder and the r-layers never see the caption, so `image_inputs` runs them once per
 image and `score` runs only the language and cross-modality layers. With 5 samples and a greedy

@@ -8,9 +8,10 @@ stages and the benchmark read it from here.
 Adding a scorer `<name>`:
   1. `scorers/<name>.py`: the Flax `Model` named after the original's modules, its `Config`
      (a frozen dataclass with `max_text_len` and `dtype`), `load` for the original checkpoint
-     format (strict: `common.torch_to_flax`, Hugging Face directories through
-     `common.read_hf_directory`, dropped keys in `IGNORED_KEYS`), and `SCORER = Scorer(...)`
-     (ITM models get `score`, `pretrain_loss` and `init_params` from `common.itm_functions`);
+     format (files through `checkpoint_files`, Hugging Face directories through
+     `checkpoint_files.read_hf_directory`; strict: `common.params_from_state`, the keys dropped
+     on purpose in the module's `IGNORED_KEYS`), and `SCORER = Scorer(...)` (a region ITM model
+     builds it with `common.itm_scorer`, which adds `init_params`, `score` and `pretrain_loss`);
   2. `tests/test_<name>.py`: parity with the original at stated tolerances; the contract tests
      (`tests/test_scorers_contract.py`) and the re-tokenization property tests pick the new
      scorer up from the registry by themselves;

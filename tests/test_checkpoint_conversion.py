@@ -48,7 +48,7 @@ def test_shape_errors_print_the_checkpoint_shape():
 def test_uniter_config_reads_the_original_json():
   golden = _asset("uniter_tiny_config.json")
   assert uniter.config_from_original(golden["model_config"]) == uniter.tiny_config()
-  # ChenRocks/UNITER config/uniter-base.json (REFERENCE.md 3.1), img_dim from utils/const.py.
+  # ChenRocks/UNITER config/uniter-base.json, img_dim from utils/const.py.
   base = {"attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
           "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
           "max_position_embeddings": 512, "num_attention_heads": 12, "num_hidden_layers": 12,
@@ -65,7 +65,7 @@ def test_rosita_config_reads_the_original_cfg():
   config = rosita.config_from_original(golden["model_config"],
                                        vocab_size=golden["init_map"]["vocab_size"])
   assert config == rosita.tiny_config()
-  # MILVLG/rosita config/cfg.py defaults (REFERENCE.md 3.4).
+  # MILVLG/rosita config/cfg.py defaults.
   base = {"LAYER": 12, "HSIZE": 768, "HHEAD": 12, "HBASE": 64, "HFF": 3072,
           "POS_EMB_IN_SIZE": 512, "TYPE_EMB_IN_SIZE": 2, "DROPOUT_R": 0.1, "IMGFEAT_SIZE": 2048,
           "USE_BBOXFEAT": True, "BBOXFEAT_SIZE": 5}

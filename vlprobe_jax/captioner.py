@@ -1,6 +1,6 @@
 """The FC-LSTM captioner: self-critical.pytorch `NewFCModel` in Flax.
 
-Wiring (DESIGN.md, REFERENCE.md 1.2-1.3): the 2048-d image feature goes through `fc_embed`
+Wiring (self-critical.pytorch `models/FCModel.py`, `NewFCModel`): the 2048-d image feature goes through `fc_embed`
 (Linear 2048 -> 512) and is pushed through the cell once before BOS, its output dropped; then
 word embeddings (index 0 is BOS, EOS and PAD at once) drive the cell; the cell's output goes
 through dropout (p = 0.5, training only) and `logit` (Linear 512 -> V+1), then log-softmax.

@@ -1,7 +1,8 @@
 """The reference SCST pipeline in PyTorch: the baseline the compiled step is measured against.
 
-It runs one SCST step the way the original code does (self-critical.pytorch with a VLP reward;
-shared/REFERENCE.md 1.3, 1.6, 1.8 and 5), written here from those facts:
+It runs one SCST step the way the original code does (self-critical.pytorch with a VLP reward:
+its FC model, sampling loop, `get_self_critical_reward` and `RewardCriterion`), written here
+from what that code does:
   1. the FC model (NewFCModel wiring: fc_embed, embed, the 5-chunk maxout LSTMCore, dropout,
      logit) decodes greedily under no_grad with dropout off, then draws K samples per image with
      dropout on and autograd recording, each a Python loop over time steps with
