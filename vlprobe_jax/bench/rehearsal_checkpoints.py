@@ -7,7 +7,7 @@
   clip_hf       `transformers.CLIPModel` at its default config (ViT-B/32: text 512 x 12, vision
                 768 x 12, patch 32, 224 px), `save_pretrained`
   uniter        `uniter-base.pt`: `torch.save(state_dict)`, every key and shape of
-                `../shared/golden/uniter_base_keys.json`, its two tied pairs sharing storage
+                `tests/assets/uniter_base_keys.json`, its two tied pairs sharing storage
   rosita        `rosita-base.pkl`: `torch.save({module: state_dict, ..., "epoch": 20})`, the
                 pretraining net of `rosita_base_keys.json` (MLM decoder tied to the embeddings)
   vilbert       `vilbert-base.bin` (the multi-task repo's pretrained model): `torch.save(state_dict)`
