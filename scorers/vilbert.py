@@ -1,8 +1,8 @@
 """ViLBERT as an image-text matching scorer: a Flax port of the pretraining model.
 
 Ports `BertForMultiModalPreTraining` of facebookresearch/vilbert-multi-task (`vilbert/vilbert.py`):
-a text stream (`bert.embeddings`, `bert.encoder.layer.N`), a visual stream with
-its own width (`bert.v_embeddings`, `bert.encoder.v_layer.N`), co-attention blocks
+a text stream (`bert.embeddings`, `bert.encoder.layer.N`), a visual stream with its own width
+(`bert.v_embeddings`, `bert.encoder.v_layer.N`), co-attention blocks
 (`bert.encoder.c_layer.N`) interleaved as the config's `v_biattention_id` / `t_biattention_id`
 say, ReLU poolers on text token 0 and on region 0 (the global region), and the ITM head
 `cls.bi_seq_relationship` on the product of the two pooled vectors.
