@@ -2,8 +2,9 @@
 
 Golden files (`tests/assets/uniter_tiny*`, `uniter_base_keys.json`) were produced by running
 ChenRocks/UNITER's own model code (how: `tests/assets/LICENSES.md`). Tolerances are the ones
-the golden files' makers suggest from their float64 re-run (worst float64-vs-float32 gap 9e-7 on hidden states, 9e-8 on logits): atol 1e-5 /
-rtol 1e-4 for hidden and pooled states, atol 1e-5 for ITM logits and match probabilities.
+the golden files' makers suggest from their float64 re-run (worst float64-vs-float32 gap 9e-7
+on hidden states, 9e-8 on logits): atol 1e-5 / rtol 1e-4 for hidden and pooled states, atol
+1e-5 for ITM logits and match probabilities.
 """
 
 import dataclasses

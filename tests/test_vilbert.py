@@ -107,8 +107,9 @@ def test_schedule_reproduces_the_traced_tiny_order():
 
 
 def test_schedule_of_the_base_model():
-  # The released base config (v_biattention_id 0-5, t_biattention_id 6-11): text layers 0-5, co-attention 0, then 5 rounds of (text, visual,
-  # co-attention), then the last visual and text layer.
+  # The released base config (v_biattention_id 0-5, t_biattention_id 6-11): text layers 0-5,
+  # co-attention 0, then 5 rounds of (text, visual, co-attention), then the last visual and
+  # text layer.
   assert vilbert.layer_schedule(vilbert.default_config()) == (
       "layer.0", "layer.1", "layer.2", "layer.3", "layer.4", "layer.5", "c_layer.0",
       "layer.6", "v_layer.0", "c_layer.1", "layer.7", "v_layer.1", "c_layer.2",

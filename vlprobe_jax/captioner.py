@@ -1,9 +1,10 @@
 """The FC-LSTM captioner: self-critical.pytorch `NewFCModel` in Flax.
 
-Wiring (self-critical.pytorch `models/FCModel.py`, `NewFCModel`): the 2048-d image feature goes through `fc_embed`
-(Linear 2048 -> 512) and is pushed through the cell once before BOS, its output dropped; then
-word embeddings (index 0 is BOS, EOS and PAD at once) drive the cell; the cell's output goes
-through dropout (p = 0.5, training only) and `logit` (Linear 512 -> V+1), then log-softmax.
+Wiring (self-critical.pytorch `NewFCModel` in `models/AttModel.py`, its `LSTMCore` from
+`models/FCModel.py`): the 2048-d image feature goes through `fc_embed` (Linear 2048 -> 512) and
+is pushed through the cell once before BOS, its output dropped; then word embeddings (index 0 is
+BOS, EOS and PAD at once) drive the cell; the cell's output goes through dropout (p = 0.5,
+training only) and `logit` (Linear 512 -> V+1), then log-softmax.
 
 The cell (`LSTMCore`) is the 5-chunk maxout LSTM: s = i2h(x) + h2h(h), both with bias;
 i, f, o = sigmoid of chunks 1-3; g = max(chunk 4, chunk 5) with no tanh; c = f*c + i*g;

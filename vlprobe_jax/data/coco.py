@@ -10,9 +10,9 @@ words of every split, as self-critical's `scripts/prepro_labels.py` does, gives 
 9,487 words (UNK included); `vocab_from="train"` counts the training captions only (a few
 hundred words fewer; unchecked here, COCO is not available to the tests).
 
-Image features are read from feature stores (`vlprobe_jax/data/feature_store/`) by COCO image id: the
-captioner's fc features (required), and optionally the region features, boxes and masks of the
-region scorers and, for CLIP, pixels decoded from the image folder on access.
+Image features are read from feature stores (`vlprobe_jax/data/feature_store/`) by COCO image
+id: the captioner's fc features (required), and optionally the region features, boxes and masks
+of the region scorers and, for CLIP, pixels decoded from the image folder on access.
 
 Config fields read (`config.data` in the experiment configs):
   source             "karpathy_json" (default) or "tfds".
