@@ -20,6 +20,11 @@ ALLOWED = {
 MAX_LINES = 500
 
 
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
 def _module_name(path: str) -> str:
   rel = os.path.relpath(path, ROOT)[:-len(".py")].replace(os.sep, ".")
   return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
@@ -39,7 +44,7 @@ def _project_files() -> dict[str, str]:
 
 def _imports(path: str, module: str, known: set[str]) -> set[str]:
   """The project modules `path` imports anywhere in it (function-level imports included)."""
-  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  tree = ast.parse(_read(path), path)
   package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
   found = set()
   for node in ast.walk(tree):
@@ -117,7 +122,7 @@ def test_no_import_cycles():
 
 def test_no_file_over_500_lines():
   long = {os.path.relpath(p, ROOT): n for p in _project_files().values()
-          if (n := sum(1 for _ in open(p, encoding="utf-8"))) > MAX_LINES}
+          if (n := len(_read(p).splitlines())) > MAX_LINES}
   assert not long, f"files over {MAX_LINES} lines (split them by job): {long}"
 
 
